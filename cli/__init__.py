@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "validate": "validate_cmd",
     "bench": "bench_cmd",
     "demo": "demo_cmd",
+    "export-triton": "triton_cmd",
+    "export-deepstream": "deepstream_cmd",
 }
 
 
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != f"retinaedge.cli.{module}":
                 raise
             continue  # subcommand not shipped in this build
-        mod.register(sub)
+        if hasattr(mod, "register"):
+            mod.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""retinaedge.cli._common: (placeholder, to be written)."""

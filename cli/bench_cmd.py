@@ -1,0 +1,1 @@
+"""retinaedge.cli.bench_cmd: (placeholder, to be written)."""

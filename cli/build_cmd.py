@@ -1,0 +1,1 @@
+"""retinaedge.cli.build_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.data_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.deepstream_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.demo_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.eval_cmd: (placeholder, to be written)."""

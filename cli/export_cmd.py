@@ -1,0 +1,1 @@
+"""retinaedge.cli.export_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.infer_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.train_cmd: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.cli.triton_cmd: (placeholder, to be written)."""

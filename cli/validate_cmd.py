@@ -1,0 +1,1 @@
+"""retinaedge.cli.validate_cmd: (placeholder, to be written)."""

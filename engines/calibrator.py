@@ -1,0 +1,1 @@
+"""retinaedge.engines.calibrator: (placeholder, to be written)."""

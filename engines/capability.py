@@ -1,0 +1,1 @@
+"""retinaedge.engines.capability: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.export.calib: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.export.config: (placeholder, to be written)."""

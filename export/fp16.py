@@ -1,0 +1,1 @@
+"""retinaedge.export.fp16: (placeholder, to be written)."""

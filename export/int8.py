@@ -1,0 +1,1 @@
+"""retinaedge.export.int8: (placeholder, to be written)."""

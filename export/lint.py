@@ -1,0 +1,1 @@
+"""retinaedge.export.lint: (placeholder, to be written)."""

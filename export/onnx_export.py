@@ -1,0 +1,1 @@
+"""retinaedge.export.onnx_export: (placeholder, to be written)."""

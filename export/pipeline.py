@@ -1,0 +1,1 @@
+"""retinaedge.export.pipeline: (placeholder, to be written)."""

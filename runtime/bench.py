@@ -1,0 +1,1 @@
+"""retinaedge.runtime.bench: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.compare: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.cuda: (placeholder, to be written)."""

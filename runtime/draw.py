@@ -1,0 +1,1 @@
+"""retinaedge.runtime.draw: (placeholder, to be written)."""

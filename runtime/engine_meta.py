@@ -1,0 +1,1 @@
+"""retinaedge.runtime.engine_meta: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.models: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.nms: (placeholder, to be written)."""

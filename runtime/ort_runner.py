@@ -1,0 +1,1 @@
+"""retinaedge.runtime.ort_runner: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.postprocess: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.trt_runner: (placeholder, to be written)."""

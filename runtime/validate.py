@@ -1,0 +1,1 @@
+"""retinaedge.runtime.validate: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.runtime.video: (placeholder, to be written)."""

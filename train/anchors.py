@@ -1,0 +1,1 @@
+"""retinaedge.train.anchors: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.train.box_coder: (placeholder, to be written)."""

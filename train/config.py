@@ -1,0 +1,1 @@
+"""retinaedge.train.config: (placeholder, to be written)."""

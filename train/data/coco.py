@@ -1,0 +1,1 @@
+"""retinaedge.train.data.coco: (placeholder, to be written)."""

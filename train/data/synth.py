@@ -1,0 +1,1 @@
+"""retinaedge.train.data.synth: (placeholder, to be written)."""

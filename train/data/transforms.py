@@ -1,0 +1,1 @@
+"""retinaedge.train.data.transforms: (placeholder, to be written)."""

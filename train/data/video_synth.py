@@ -1,0 +1,1 @@
+"""retinaedge.train.data.video_synth: (placeholder, to be written)."""

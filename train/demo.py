@@ -1,0 +1,1 @@
+"""retinaedge.train.demo: (placeholder, to be written)."""

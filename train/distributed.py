@@ -1,0 +1,1 @@
+"""retinaedge.train.distributed: (placeholder, to be written)."""

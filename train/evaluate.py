@@ -1,0 +1,1 @@
+"""retinaedge.train.evaluate: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.train.matcher: (placeholder, to be written)."""

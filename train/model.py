@@ -1,0 +1,1 @@
+"""retinaedge.train.model: (placeholder, to be written)."""

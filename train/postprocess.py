@@ -1,0 +1,1 @@
+"""retinaedge.train.postprocess: (placeholder, to be written)."""

@@ -1,0 +1,1 @@
+"""retinaedge.train.torch_runner: (placeholder, to be written)."""

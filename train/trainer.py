@@ -1,0 +1,1 @@
+"""retinaedge.train.trainer: (placeholder, to be written)."""
