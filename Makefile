@@ -53,8 +53,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# `mypy -p` does not descend into the strict-mode link tree (symlinks), so name every module
+MYPY_MODULES = $(shell find runtime engines export -name '*.py' | sort | sed -e 's/\.py$$//' -e 's/\/__init__$$//' -e 's/\//./g' -e 's/^/-m retinaedge./')
 typecheck: venv $(TYPECHECK)/.ready
-	$(VENV)/bin/mypy -p retinaedge.runtime -p retinaedge.engines -p retinaedge.export
+	$(VENV)/bin/mypy $(MYPY_MODULES)
 
 pytest: venv
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 900; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Focal-loss RetinaNet: train -> ONNX (+EfficientNMS) -> TensorRT engines -> runtime.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         try:
             mod = importlib.import_module(f"retinaedge.cli.{module}")
         except ModuleNotFoundError as e:

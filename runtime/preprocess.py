@@ -87,7 +87,7 @@ def letterbox(image: np.ndarray, spec: DetectorSpec) -> tuple[np.ndarray, Letter
     h, w = image.shape[:2]
     meta, (new_h, new_w) = letterbox_params(h, w, spec)
     if (new_h, new_w) != (h, w):
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     else:
         resized = image
     canvas = np.full((spec.input_height, spec.input_width, 3), spec.letterbox_pad, dtype=np.uint8)

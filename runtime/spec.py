@@ -292,7 +292,7 @@ class DetectorSpec:
                 f"spec_version={version!r} is not supported (this retinaedge reads {SPEC_VERSION}); "
                 "re-export the model with this version"
             )
-        nested = {"anchors": AnchorSpec, "box_coding": BoxCoding, "postprocess": PostProcess, "io": IONames}
+        nested = _NESTED
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -339,12 +339,16 @@ class DetectorSpec:
 
     def replace(self, **changes: Any) -> DetectorSpec:
         """A copy with ``changes``; nested dataclasses accept dicts of their own fields."""
-        nested = {"anchors": self.anchors, "box_coding": self.box_coding, "postprocess": self.postprocess,
-                  "io": self.io}
         for key, value in list(changes.items()):
-            if key in nested and isinstance(value, Mapping):
-                changes[key] = replace(nested[key], **{k: _tuplify(v) for k, v in value.items()})
+            if key in _NESTED and isinstance(value, Mapping):
+                current = getattr(self, key)
+                changes[key] = replace(current, **{k: _tuplify(v) for k, v in value.items()})
         return replace(self, **changes)
+
+
+_NESTED: dict[str, type[Any]] = {
+    "anchors": AnchorSpec, "box_coding": BoxCoding, "postprocess": PostProcess, "io": IONames,
+}
 
 
 def _tuplify(value: Any) -> Any:

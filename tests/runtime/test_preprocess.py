@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir, sha256_strings
+from retinaedge.runtime.preprocess import letterbox, letterbox_params, list_images, load_image, preprocess_batch
+from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+
+
+def spec(**kw):
+    return DetectorSpec(class_names=("a",), input_height=64, input_width=64,
+                        anchors=AnchorSpec(strides=(8, 16), sizes=(16.0, 32.0)), **kw)
+
+
+def test_letterbox_wide_image_hand_computed():
+    img = np.full((16, 32, 3), 200, np.uint8)  # H=16, W=32 -> scale 2, 64x32, pad_y 16
+    canvas, meta = letterbox(img, spec())
+    assert meta.scale == 2.0 and (meta.pad_x, meta.pad_y) == (0.0, 16.0)
+    assert canvas.shape == (64, 64, 3)
+    assert (canvas[:16] == 114).all() and (canvas[48:] == 114).all() and (canvas[16:48] == 200).all()
+    box = np.array([[4.0, 2.0, 8.0, 6.0]])
+    np.testing.assert_allclose(meta.to_network(box), [[8, 20, 16, 28]])
+    np.testing.assert_allclose(meta.to_original(meta.to_network(box)), box)
+
+
+def test_letterbox_top_left_and_clip():
+    meta, (nh, nw) = letterbox_params(32, 16, spec(letterbox_center=False))
+    assert (nh, nw) == (64, 32) and (meta.pad_x, meta.pad_y) == (0.0, 0.0)
+    out = meta.to_original(np.array([[-10.0, -10.0, 100.0, 100.0]]))
+    np.testing.assert_allclose(out, [[0, 0, 16, 32]])
+
+
+def test_preprocess_batch_dtypes():
+    imgs = [np.zeros((10, 20, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    batch, metas = preprocess_batch(imgs, spec())
+    assert batch.shape == (2, 3, 64, 64) and batch.dtype == np.uint8 and batch.flags.c_contiguous
+    batch, _ = preprocess_batch(imgs, spec(input_dtype="float32"))
+    assert batch.dtype == np.float32
+    assert metas[1].scale == 1.0
+
+
+def test_bad_images_are_named(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match=r"image '.*bad.jpg' cannot be decoded"):
+        load_image(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="holds no images"):
+        list_images(_empty(tmp_path))
+    with pytest.raises(InputError, match=r"is not \(H, W, 3\) RGB"):
+        letterbox(np.zeros((4, 4), np.uint8), spec())
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_load_image_converts_to_rgb(tmp_path):
+    p = tmp_path / "g.png"
+    Image.fromarray(np.full((5, 7), 9, np.uint8), mode="L").save(p)
+    im = load_image(p)
+    assert im.shape == (5, 7, 3) and im.dtype == np.uint8 and (im == 9).all()
+    assert list_images(tmp_path) == [p]
+
+
+def test_atomic_write_and_unwritable_dir(tmp_path):
+    p = tmp_path / "a" / "x.txt"
+    atomic_write_text(p, "hello")
+    assert p.read_text() == "hello" and not list(p.parent.glob(".*tmp"))
+    with pytest.raises(InputError, match="is not writable"):
+        ensure_writable_dir(p / "sub")  # a file in the way (root ignores chmod, so this is the portable case)
+    assert sha256_strings(["a", "b"]) != sha256_strings(["ab"])
