@@ -1,0 +1,187 @@
+"""COCO box evaluation through pycocotools, shared by training, ``retinaedge eval`` and validation.
+
+numpy + lazily imported pycocotools only (no torch: the runtime rule), so a Jetson can score engines too.
+pycocotools' own prints are captured and kept out of the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaedge.runtime._lazy import require
+from retinaedge.runtime.detections import Detections
+from retinaedge.runtime.errors import DataError, InputError
+
+STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+"""Names of pycocotools' 12 ``COCOeval.stats``, in its order."""
+
+
+def load_coco(ann_file: str | Path) -> Any:
+    """Load a COCO annotation file with pycocotools, quietly.
+
+    Returns:
+        A ``pycocotools.coco.COCO``.
+
+    Raises:
+        DataError: naming the file when it is missing or not valid COCO JSON.
+    """
+    coco_mod = require("pycocotools.coco", purpose="COCO evaluation")
+    p = Path(ann_file)
+    if not p.is_file():
+        raise DataError(f"annotation file {str(p)!r} does not exist; pass the val instances_*.json")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_mod.COCO(str(p))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
+        raise DataError(f"annotation file {str(p)!r} is not valid COCO JSON ({type(e).__name__}: {e})") from None
+
+
+def detections_to_coco(
+    detections: Mapping[int, Detections], category_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """COCO result records: ``bbox`` as ``[x, y, w, h]`` (original pixels), class index -> category id.
+
+    Args:
+        detections: image id -> `Detections` (xyxy in original-image pixels, contiguous class indices).
+        category_ids: category id of each class index.
+
+    Raises:
+        InputError: a class index outside ``0..len(category_ids)-1``.
+    """
+    cats = np.asarray(category_ids, dtype=np.int64)
+    out: list[dict[str, Any]] = []
+    for image_id, det in detections.items():
+        if len(det) == 0:
+            continue
+        cls = np.asarray(det.classes, dtype=np.int64)
+        bad = cls[(cls < 0) | (cls >= len(cats))]
+        if bad.size:
+            raise InputError(
+                f"image {image_id}: class index {int(bad[0])} is outside 0..{len(cats) - 1}; "
+                "detections must use the spec's contiguous class indices"
+            )
+        boxes = np.asarray(det.boxes, dtype=np.float64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        for b, s, c in zip(xywh.tolist(), np.asarray(det.scores, np.float64).tolist(), cats[cls].tolist(),
+                           strict=True):
+            out.append({"image_id": int(image_id), "category_id": int(c), "bbox": b, "score": s})
+    return out
+
+
+def coco_evaluate(
+    ann_file: str | Path | Any,
+    detections: Mapping[int, Detections],
+    category_ids: Sequence[int],
+    class_names: Sequence[str],
+    *,
+    pr_curves: bool = False,
+) -> dict[str, Any]:
+    """Score detections against COCO ground truth with pycocotools (bbox, maxDets 1/10/100).
+
+    The images evaluated are exactly the keys of ``detections`` (an image with an empty `Detections`
+    counts, with no detections); with no detections at all every stat is 0 where ground truth exists.
+
+    Args:
+        ann_file: the ground-truth COCO json, or an already loaded ``pycocotools.coco.COCO``.
+        detections: image id -> `Detections` in ORIGINAL image pixels, xyxy, contiguous class indices.
+        category_ids: the dataset category id of each class index (``spec.category_ids``).
+        class_names: the name of each class index (``spec.class_names``).
+        pr_curves: also return ``"pr_curves"``: ``{"recall": [101], "AP50": {name: [101]},
+            "AP": {name: [101]}}`` precision at the 101 COCO recall points (IoU 0.5, and averaged over
+            IoU 0.5:0.95), -1 where a class has no ground truth.
+
+    Returns:
+        The 12 stats by name (`STAT_NAMES`; pycocotools' -1 where an area range has no ground truth),
+        ``"per_class_AP"``: {name: AP or None when the class has no ground truth in these images},
+        ``"per_class_AP50"`` likewise, ``"num_images"`` and ``"num_detections"``.
+
+    Raises:
+        InputError: no images, image ids not in the annotation file, or mismatched class lists.
+    """
+    eval_mod = require("pycocotools.cocoeval", purpose="COCO evaluation")
+    if len(category_ids) != len(class_names):
+        raise InputError(
+            f"{len(category_ids)} category ids but {len(class_names)} class names; pass the spec's lists"
+        )
+    if not detections:
+        raise InputError("no images to evaluate: the detections mapping is empty; run the model on the val set")
+    gt: Any = ann_file if hasattr(ann_file, "getImgIds") else load_coco(ann_file)
+    known = set(gt.getImgIds())
+    unknown = sorted(set(int(i) for i in detections) - known)
+    if unknown:
+        raise InputError(
+            f"image ids {unknown[:5]}{'...' if len(unknown) > 5 else ''} are not in the annotation file; "
+            "evaluate against the annotations the images came from"
+        )
+    missing_cats = sorted(set(int(c) for c in category_ids) - set(gt.getCatIds()))
+    if missing_cats:
+        raise InputError(
+            f"category ids {missing_cats} are not in the annotation file (it has {sorted(gt.getCatIds())}); "
+            "the checkpoint was trained on another dataset"
+        )
+    records = detections_to_coco(detections, category_ids)
+    image_ids = sorted(int(i) for i in detections)
+    cat_ids = [int(c) for c in category_ids]
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(records) if records else _empty_results(gt)
+        ev = eval_mod.COCOeval(gt, dt, iouType="bbox")
+        ev.params.imgIds = image_ids
+        ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) for s in ev.stats]
+    result: dict[str, Any] = dict(zip(STAT_NAMES, stats, strict=True))
+    # precision: (T iou thresholds, R=101 recall points, K classes, A area ranges, M maxDets)
+    precision = np.asarray(ev.eval["precision"])
+    all_area = list(ev.params.areaRngLbl).index("all")
+    max_dets = len(ev.params.maxDets) - 1
+    pc = precision[:, :, :, all_area, max_dets]  # (T, R, K)
+    per_ap: dict[str, float | None] = {}
+    per_ap50: dict[str, float | None] = {}
+    for k, name in enumerate(class_names):
+        per_ap[name] = _mean_valid(pc[:, :, k])
+        per_ap50[name] = _mean_valid(pc[0, :, k])
+    result["per_class_AP"] = per_ap
+    result["per_class_AP50"] = per_ap50
+    result["num_images"] = len(image_ids)
+    result["num_detections"] = len(records)
+    if pr_curves:
+        valid = pc > -1
+        mean_iou = np.where(valid.all(axis=0), np.where(valid, pc, 0).mean(axis=0), -1.0)  # (R, K)
+        result["pr_curves"] = {
+            "recall": [float(r) for r in ev.params.recThrs],
+            "AP50": {name: [float(v) for v in pc[0, :, k]] for k, name in enumerate(class_names)},
+            "AP": {name: [float(v) for v in mean_iou[:, k]] for k, name in enumerate(class_names)},
+        }
+    return result
+
+
+def _mean_valid(values: np.ndarray) -> float | None:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+def _empty_results(gt: Any) -> Any:
+    """A results COCO with no annotations (``COCO.loadRes`` cannot take an empty list)."""
+    coco_mod = require("pycocotools.coco", purpose="COCO evaluation")
+    res = coco_mod.COCO()
+    res.dataset = {
+        "images": list(gt.dataset.get("images", [])),
+        "categories": list(gt.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    res.createIndex()
+    return res
+
+
+def format_stats(metrics: Mapping[str, Any]) -> str:
+    """The 12 stats as an aligned two-column text table (for logs and the CLI)."""
+    return "\n".join(f"{name:<6} {float(metrics[name]):7.4f}" for name in STAT_NAMES if name in metrics)
