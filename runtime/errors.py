@@ -29,3 +29,11 @@ class ModelError(RetinaEdgeError):
 
 class EngineMismatchError(ModelError):
     """An engine sidecar does not match the running TensorRT or GPU."""
+
+
+class EngineBuildError(ModelError):
+    """TensorRT cannot build the engine as asked; ``errors`` holds the ONNX parser's messages, if any."""
+
+    def __init__(self, message: str, *, errors: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.errors = errors
