@@ -1,1 +1,596 @@
-"""retinaedge.train.trainer: (placeholder, to be written)."""
+"""The training loop: data -> RetinaNet -> focal loss -> optimiser, with COCO evaluation, atomic checkpoints,
+exact resume, a time budget, logs and curves.
+
+Artifacts written to ``out`` (ARCHITECTURE.md "Artifacts")::
+
+    spec.json          the DetectorSpec every later stage reads
+    ckpt_last.pt       after every epoch and at a stop (resume point), atomically
+    ckpt_best.pt       whenever an evaluation beats the best AP so far
+    metrics.json       the final evaluation: pycocotools' 12 stats by name + per-class AP (+ run summary)
+    train_log.jsonl    one JSON object per logged step ({"type": "step", ...}) and per evaluation ("eval")
+    loss.png           loss and AP curves (matplotlib, Agg)
+
+Resume is exact on CPU: the checkpoint holds weights, optimiser and scaler state, the step, the position
+inside the epoch, the elapsed time and every RNG state; each epoch's data order is a function of
+``(seed, epoch)`` only, so a resumed run replays the rest of the epoch and produces the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retinaedge.runtime.errors import InputError, RetinaEdgeError
+from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
+from retinaedge.train.checkpoint import get_rng_state, read_checkpoint, save_checkpoint, set_rng_state
+from retinaedge.train.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict, make_spec
+from retinaedge.train.evaluate import evaluate, split_paths
+
+__all__ = ["NonFiniteLossError", "Trainer", "lr_factor", "plot_curves", "train"]
+
+LAST = "ckpt_last.pt"
+BEST = "ckpt_best.pt"
+LOG = "train_log.jsonl"
+
+# config sections that change the weights' meaning: a resume must not change them
+_FROZEN_ON_RESUME = ("model", "anchors", "data.input_size")
+
+
+class NonFiniteLossError(RetinaEdgeError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the batch's image ids."""
+
+
+def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:
+    """Learning-rate multiplier for optimiser step ``step`` (0-based) at training ``progress`` in [0, 1].
+
+    Linear warmup from ``warmup_factor`` over ``warmup_iters`` steps, times a cosine decay to
+    ``min_lr_factor`` or a step decay by ``step_gamma`` at each milestone fraction.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    warm = 1.0
+    if step < optim.warmup_iters:
+        a = step / optim.warmup_iters
+        warm = optim.warmup_factor * (1.0 - a) + a
+    if optim.schedule == "cosine":
+        decay = optim.min_lr_factor + (1.0 - optim.min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = optim.step_gamma ** sum(progress >= m for m in optim.milestones)
+    return warm * decay
+
+
+def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 and not optim.decay_norm_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``model``'s trainable parameters (1-D ones undecayed by default)."""
+    groups = _param_groups(model, optim)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+
+
+# ---- progress and logs ------------------------------------------------------------------------------
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class _Reporter:
+    """A rich progress bar on a terminal; plain, greppable lines otherwise (CI logs, files)."""
+
+    def __init__(self, *, total: int, log: Callable[[str], None] | None, live: bool | None) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal if live is None else live
+        self._log = log
+        self._progress: Any = None
+        self._task: Any = None
+        self.total = total
+
+    def __enter__(self) -> _Reporter:
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]train[/] ep {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=self.total, epoch="-", loss="-", lr="-",
+                                                 ips="-", eta="-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def message(self, text: str) -> None:
+        if self._log is not None:
+            self._log(text)
+        elif self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, *, step: int, epoch: str, loss: float, lr: float, ips: float, eta: float, line: bool) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                  ips=f"{ips:.1f}", eta=_fmt_time(eta))
+        elif line:
+            self.message(f"step {step}/{self.total} ep {epoch} loss {loss:.4f} lr {lr:.2e} {ips:.1f} img/s "
+                         f"ETA {_fmt_time(eta)}")
+
+
+def plot_curves(log_path: str | Path, png_path: str | Path) -> None:
+    """Draw ``loss.png`` from ``train_log.jsonl``: losses per step (left), AP and AP50 per evaluation (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    steps, losses, cls_l, box_l, ev_steps, ap, ap50 = [], [], [], [], [], [], []
+    for line in Path(log_path).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "step":
+            steps.append(rec["step"])
+            losses.append(rec["loss"])
+            cls_l.append(rec["cls_loss"])
+            box_l.append(rec["box_loss"])
+        elif rec.get("type") == "eval":
+            ev_steps.append(rec["step"])
+            ap.append(rec["AP"])
+            ap50.append(rec["AP50"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    a1.plot(steps, losses, label="loss")
+    a1.plot(steps, cls_l, label="focal (cls)", alpha=0.7)
+    a1.plot(steps, box_l, label="box", alpha=0.7)
+    a1.set_xlabel("step")
+    a1.set_yscale("log" if losses and min(losses) > 0 else "linear")
+    a1.set_title("training loss")
+    a1.legend()
+    a2.plot(ev_steps, ap, "o-", label="AP")
+    a2.plot(ev_steps, ap50, "s-", label="AP50")
+    a2.set_xlabel("step")
+    a2.set_ylim(0, 1)
+    a2.set_title("COCO val")
+    a2.legend()
+    fig.tight_layout()
+    tmp = Path(png_path).with_name(f".{Path(png_path).name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+@contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Evaluation must not move the training RNG streams (a DataLoader draws its base seed from torch)."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+@contextmanager
+def _sigint_stops(flag: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: finish the step, evaluate and save (like a time budget). Second: interrupt at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _diff_keys(va, vb, key + ".")
+        elif _listify(va) != _listify(vb):
+            out.append(key)
+    return out
+
+
+def _listify(v: Any) -> Any:
+    return [_listify(x) for x in v] if isinstance(v, tuple | list) else v
+
+
+class Trainer:
+    """One training run. `train` is the function form; build a `Trainer` to inject parts.
+
+    Args:
+        config: the training config.
+        data: dataset root in the COCO layout (``annotations/instances_{train,val}.json``, ``train/``, ``val/``).
+        out: run directory.
+        train_ann, train_images, val_ann, val_images: override the paths under ``data``.
+        resume: continue from ``out/ckpt_last.pt``.
+        log: message sink (default: the console, above the progress bar).
+        progress: force the rich bar on/off (default: on when stderr is a terminal).
+        stop_after_steps: stop (then evaluate and save, as a time budget does) once this many optimiser
+            steps are done in total; the schedule is unchanged, so a later ``resume`` continues the same run.
+        model: an injected `RetinaNet` (default: ``build_model(spec, config.model)``).
+        loss_fn: an injected loss (default: `RetinaNetLoss` from ``config.loss``).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: TrainConfig,
+        data: str | Path | None,
+        out: str | Path,
+        train_ann: str | Path | None = None,
+        train_images: str | Path | None = None,
+        val_ann: str | Path | None = None,
+        val_images: str | Path | None = None,
+        resume: bool = False,
+        log: Callable[[str], None] | None = None,
+        progress: bool | None = None,
+        stop_after_steps: int | None = None,
+        model: torch.nn.Module | None = None,
+        loss_fn: Callable[..., Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.train_ann, self.train_images = split_paths(data, "train", ann=train_ann, images=train_images)
+        self.val_ann, self.val_images = split_paths(data, "val", ann=val_ann, images=val_images)
+        self.resume = resume
+        self.log = log
+        self.progress = progress
+        self.stop_after_steps = stop_after_steps
+        self._model = model
+        self._loss_fn = loss_fn
+
+    # -- setup --------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        want = self.config.device
+        if want == "cuda" and not torch.cuda.is_available():
+            raise InputError("config device='cuda' but CUDA is not available here; use device=auto or cpu")
+        if want == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(want)
+
+    def _check_out(self) -> None:
+        last = self.out / LAST
+        if self.resume and not last.is_file():
+            raise InputError(f"--resume: {str(last)!r} does not exist; nothing to resume in {str(self.out)!r}")
+        if not self.resume and last.exists():
+            raise InputError(
+                f"{str(self.out)!r} already holds a run ({LAST}); pass --resume to continue it or choose another --out"
+            )
+
+    def _load_resume(self) -> dict[str, Any]:
+        ckpt = read_checkpoint(self.out / LAST)
+        old = config_to_dict(config_from_dict(ckpt["config"]))
+        new = config_to_dict(self.config)
+        changed = _diff_keys(old, new)
+        frozen = [k for k in changed if any(k == f or k.startswith(f + ".") for f in _FROZEN_ON_RESUME)]
+        if frozen:
+            raise InputError(
+                f"--resume with changed {frozen}: the checkpoint in {str(self.out)!r} was trained with other values; "
+                "resume with the same model/anchors/input size or start a new --out"
+            )
+        ckpt["_changed"] = changed
+        return ckpt
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train, evaluate and save; returns the final metrics (also in ``metrics.json``)."""
+        from retinaedge.train.data.coco import CocoDetection, make_loader, read_categories
+        from retinaedge.train.losses import RetinaNetLoss
+        from retinaedge.train.model import build_model
+
+        cfg = self.config
+        ensure_writable_dir(self.out)
+        self._check_out()
+        ckpt = self._load_resume() if self.resume else None
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        device = self._device()
+        use_amp = bool(cfg.amp and device.type == "cuda")
+
+        names, cat_ids = read_categories(self.train_ann)
+        spec = make_spec(cfg, names, cat_ids)
+        if ckpt is not None and ckpt["spec"] != spec.to_dict():
+            from retinaedge.runtime.spec import DetectorSpec
+
+            old_spec = DetectorSpec.from_dict(ckpt["spec"])
+            raise InputError(
+                f"--resume: the dataset's classes {list(spec.class_names)} / ids {list(spec.category_ids)} differ "
+                f"from the checkpoint's {list(old_spec.class_names)} / {list(old_spec.category_ids)}"
+            )
+        spec.save(self.out / "spec.json")
+        atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+        msgs: list[str] = []
+        train_ds = CocoDetection(ann_file=self.train_ann, image_dir=self.train_images, spec=spec, train=True,
+                                 augment=cfg.data.augment, log=msgs.append)
+        val_ds = CocoDetection(ann_file=self.val_ann, image_dir=self.val_images, spec=spec, train=False,
+                               log=msgs.append)
+        model = self._model if self._model is not None else build_model(spec, cfg.model)
+        model.to(device)
+        channels_last = bool(getattr(cfg.model, "channels_last", False))
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        lc = cfg.loss
+        loss_fn = self._loss_fn or RetinaNetLoss(
+            spec=spec, alpha=lc.alpha, gamma=lc.gamma, box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta,
+            fg_iou=lc.fg_iou, bg_iou=lc.bg_iou, allow_low_quality=lc.allow_low_quality, box_weight=lc.box_weight,
+        )
+        optimizer = build_optimizer(model, cfg.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+        def loader_for(epoch: int) -> Any:
+            return make_loader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, workers=cfg.data.workers,
+                               seed=cfg.seed * 100003 + epoch)
+
+        steps_per_epoch = len(loader_for(0))
+        if steps_per_epoch == 0:
+            raise InputError(f"the training set {str(self.train_ann)!r} yields no batches; it has no usable images")
+        total_steps = cfg.epochs * steps_per_epoch
+        budget_s = cfg.time_budget_min * 60.0
+
+        epoch = step = batch_in_epoch = 0
+        elapsed0 = 0.0
+        best_ap = -1.0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch"]
+            elapsed0, best_ap = float(ckpt["elapsed_s"]), float(ckpt["best_ap"])
+            set_rng_state(ckpt["rng"])
+            self._truncate_log(step)
+        elif (self.out / LOG).exists():
+            (self.out / LOG).unlink()
+
+        stop_flag = threading.Event()
+        t_start = time.perf_counter()
+        elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
+        log_f = open(self.out / LOG, "a", buffering=1)  # noqa: SIM115 - closed in finally
+        last_eval_step = -1
+        final: dict[str, Any] = {}
+        train_time = 0.0
+        images_seen = 0
+        stop_reason = ""
+
+        def write(rec: Mapping[str, Any]) -> None:
+            log_f.write(json.dumps(rec) + "\n")
+
+        def state_payload(rng: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if use_amp else {},
+                "config": config_to_dict(cfg), "spec": spec.to_dict(),
+                "epoch": epoch, "step": step, "batch": batch_in_epoch,
+                "elapsed_s": elapsed(), "best_ap": best_ap, "rng": rng,
+            }
+
+        def do_eval() -> dict[str, Any]:
+            nonlocal best_ap, last_eval_step
+            rng = get_rng_state()  # the resume point: captured before evaluation touches anything
+            t0 = time.perf_counter()
+            with _rng_preserved():
+                metrics = evaluate(model, val_ds, spec, batch_size=cfg.eval_batch_size, device=device)
+            model.train()
+            last_eval_step = step
+            rep.message(f"eval  epoch {epoch} step {step}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+                        f"AP75 {metrics['AP75']:.4f}  ({time.perf_counter() - t0:.1f}s)")
+            write({"type": "eval", "epoch": epoch, "step": step, "elapsed_s": round(elapsed(), 2),
+                   **{k: v for k, v in metrics.items() if k != "pr_curves"}})
+            improved = metrics["AP"] > best_ap
+            if improved:
+                best_ap = float(metrics["AP"])
+            payload = state_payload(rng)
+            save_checkpoint(self.out / LAST, payload)
+            if improved:  # for export/eval: weights, config, spec; no optimiser state
+                save_checkpoint(self.out / BEST, {**payload, "optimizer": {}, "scaler": {}})
+            plot_curves(self.out / LOG, self.out / "loss.png")
+            return metrics
+
+        rep = _Reporter(total=total_steps, log=self.log, live=self.progress)
+        try:
+            with rep, _sigint_stops(stop_flag):
+                if ckpt is not None:
+                    rep.message(f"resumed from {self.out / LAST}: epoch {epoch} step {step}"
+                                + (f"; changed {ckpt['_changed']}" if ckpt["_changed"] else ""))
+                for m in msgs:  # the datasets' summary lines: images, boxes, skip counts
+                    rep.message(m)
+                for name, ds in (("train", train_ds), ("val", val_ds)):
+                    write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
+                rep.message(f"training on {device} ({torch.get_num_threads()} threads): "
+                            f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+                            + (f", budget {cfg.time_budget_min:g} min" if budget_s else ""))
+                model.train()
+                while epoch < cfg.epochs and not stop_reason:
+                    it = iter(loader_for(epoch))
+                    for _ in range(batch_in_epoch):  # resume mid-epoch: replay the same order, skip done batches
+                        next(it)
+                    # img/s over the logging window, data loading included, evaluation excluded
+                    t_prev, win_s, win_n = time.perf_counter(), 0.0, 0
+                    for images, targets in it:
+                        progress = step / total_steps
+                        if budget_s:
+                            progress = max(progress, elapsed() / budget_s)
+                        lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
+                        for g in optimizer.param_groups:
+                            g["lr"] = lr
+                        images = images.to(device, non_blocking=True)
+                        if channels_last:
+                            images = images.contiguous(memory_format=torch.channels_last)
+                        tg = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+                        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                            outputs = model(images)
+                            losses = loss_fn(outputs, tg)
+                        loss = losses["loss"]
+                        if not bool(torch.isfinite(loss)):
+                            ids = [int(i) for i in targets["image_ids"]]
+                            raise NonFiniteLossError(
+                                f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch}), "
+                                f"batch image ids {ids}; "
+                                f"lower optim.lr (now {lr:.3g}) or set optim.clip_grad_norm"
+                            )
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        if cfg.optim.clip_grad_norm > 0:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        step += 1
+                        batch_in_epoch += 1
+                        n = images.shape[0]
+                        now = time.perf_counter()
+                        images_seen += n
+                        win_n += n
+                        win_s += now - t_prev
+                        train_time += now - t_prev
+                        t_prev = now
+                        logged = step % cfg.log_every == 0 or step == 1
+                        if logged or rep.live:
+                            ips = win_n / max(win_s, 1e-9)
+                            remaining = (total_steps - step) * cfg.data.batch_size / max(ips, 1e-9)
+                            if budget_s:
+                                remaining = min(remaining, budget_s - elapsed())
+                            vals = {k: float(v.detach()) for k, v in losses.items()}
+                            rep.update(step=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=vals["loss"], lr=lr,
+                                       ips=ips, eta=remaining, line=logged)
+                            if logged:
+                                write({"type": "step", "epoch": epoch, "step": step, "lr": lr,
+                                       **{k: round(v, 6) for k, v in vals.items()},
+                                       "img_s": round(ips, 2), "elapsed_s": round(elapsed(), 2)})
+                                win_s, win_n = 0.0, 0
+                        if budget_s and elapsed() >= budget_s:
+                            stop_reason = f"time budget of {cfg.time_budget_min:g} min reached"
+                        elif self.stop_after_steps is not None and step >= self.stop_after_steps:
+                            stop_reason = f"stopped after {step} steps"
+                        elif stop_flag.is_set():
+                            stop_reason = "interrupted (Ctrl-C)"
+                        if stop_reason:
+                            break
+                    if batch_in_epoch >= steps_per_epoch:
+                        epoch += 1
+                        batch_in_epoch = 0
+                        due = cfg.eval_every and epoch % cfg.eval_every == 0
+                        if due or epoch == cfg.epochs:
+                            final = do_eval()
+                        else:
+                            save_checkpoint(self.out / LAST, state_payload(get_rng_state()))
+                if stop_reason:
+                    rep.message(f"{stop_reason} at epoch {epoch} step {step}; evaluating and saving")
+                if last_eval_step != step or not final:
+                    final = do_eval()
+                skips = train_ds.skip_counts
+                if any(skips.values()):  # corrupt images are only found while loading
+                    rep.message(f"train: skipped/fixed {({k: v for k, v in skips.items() if v})}")
+                write({"type": "data", "split": "train", "images": len(train_ds.image_ids), "skipped": skips,
+                       "at": "end"})
+        finally:
+            log_f.close()
+        summary = {
+            "epoch": epoch, "step": step, "stopped": stop_reason or None, "best_AP": best_ap,
+            "wall_time_s": round(elapsed(), 2), "train_time_s": round(train_time, 2),
+            "train_img_per_s": round(images_seen / train_time, 2) if train_time else None,
+        }
+        result = {**{k: v for k, v in final.items() if k != "pr_curves"}, **summary}
+        atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (a killed run may have logged past it)."""
+        path = self.out / LOG
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: str | Path | None,
+    out: str | Path,
+    train_ann: str | Path | None = None,
+    train_images: str | Path | None = None,
+    val_ann: str | Path | None = None,
+    val_images: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train a RetinaNet and write the run's artifacts to ``out``; see `Trainer` for the arguments.
+
+    Returns:
+        The final metrics: the 12 COCO stats by name, ``per_class_AP``, and the run summary (``epoch``,
+        ``step``, ``stopped``, ``best_AP``, ``wall_time_s``, ``train_img_per_s``).
+
+    Raises:
+        InputError: bad paths, an out dir that already holds a run (without ``resume``), a resume whose
+            config changes the architecture.
+        NonFiniteLossError: the loss became NaN/inf (names the step and the batch's image ids).
+    """
+    return Trainer(
+        config=config, data=data, out=out, train_ann=train_ann, train_images=train_images, val_ann=val_ann,
+        val_images=val_images, resume=resume, log=log, progress=progress, stop_after_steps=stop_after_steps,
+    ).run()
+
+
+def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """``dataclasses.replace`` for the top level of a config (convenience for scripts)."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,174 @@
+"""train/trainer.py end to end on a tiny synthetic set: artifacts, exact resume, time budget, NaN guard, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from retinaedge.cli import main as cli_main
+from retinaedge.runtime.cocoeval import STAT_NAMES
+from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.spec import DetectorSpec
+from retinaedge.train.config import TrainConfig, load_config, make_spec
+from retinaedge.train.data.coco import read_categories
+from retinaedge.train.trainer import NonFiniteLossError, Trainer, lr_factor, train
+
+# 64 px inputs, 2 FPN levels, 8 channels, frozen backbone: seconds per run on one thread
+TINY = [
+    "num_threads=1", "eval_batch_size=4", "log_every=1", "eval_every=1", "epochs=2",
+    "model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1", "model.gn_groups=4",
+    "model.channels_last=false", "model.trainable_layers=0",
+    "data.input_size=64", "data.batch_size=2", "data.workers=0",
+    "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]",
+    "optim.warmup_iters=2",
+]
+
+
+def tiny(*extra: str) -> TrainConfig:
+    return load_config("edge", [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retinaedge.train.data.synth import write_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_coco(root, train=6, val=3, size=64, seed=0)  # 3 steps per epoch at batch 2
+    return root
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_lr_factor_warmup_cosine_and_step() -> None:
+    o = tiny("optim.warmup_iters=10", "optim.warmup_factor=0.1", "optim.schedule=cosine",
+             "optim.min_lr_factor=0.0").optim
+    assert lr_factor(o, 0, 0.0) == pytest.approx(0.1)
+    assert lr_factor(o, 5, 0.0) == pytest.approx(0.55)  # halfway through warmup: 0.1 * 0.5 + 0.5
+    assert lr_factor(o, 10, 0.5) == pytest.approx(0.5)  # cos(pi/2): half
+    assert lr_factor(o, 100, 1.0) == pytest.approx(0.0)
+    s = tiny("optim.warmup_iters=0", "optim.schedule=step", "optim.milestones=[0.5, 0.75]",
+             "optim.step_gamma=0.1").optim
+    assert [lr_factor(s, 50, p) for p in (0.0, 0.49, 0.5, 0.8)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def test_cli_train_writes_every_artifact(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--config", "edge", "--out", str(out), "--epochs", "2"]
+    for s in TINY:
+        argv += ["--set", s]
+    assert cli_main(argv) == 0
+    assert "AP50" in capsys.readouterr().out
+    for name in ("ckpt_last.pt", "ckpt_best.pt", "spec.json", "metrics.json", "train_log.jsonl", "loss.png",
+                 "config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temp files
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in STAT_NAMES:
+        assert isinstance(metrics[name], float), name
+    names, ids = read_categories(data / "annotations" / "instances_val.json")
+    assert list(metrics["per_class_AP"]) == list(names)
+    assert metrics["step"] == 6 and metrics["epoch"] == 2 and metrics["stopped"] is None
+
+    spec = DetectorSpec.load(out / "spec.json")
+    assert spec == make_spec(tiny(), names, ids)
+
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 and r["img_s"] > 0 for r in steps)
+    assert [(e["epoch"], e["step"]) for e in evals] == [(1, 3), (2, 6)]
+    assert {r["split"] for r in records if r["type"] == "data"} == {"train", "val"}
+
+    last = _state(out / "ckpt_last.pt")  # weights_only: tensors and plain types only
+    assert last["step"] == 6 and last["epoch"] == 2 and last["batch"] == 0
+    assert last["optimizer"]["state"]  # resumable
+    assert DetectorSpec.from_dict(last["spec"]) == spec
+    best = _state(out / "ckpt_best.pt")
+    assert best["optimizer"] == {}  # the export/eval artifact carries no optimiser state
+    assert best["best_ap"] == max(e["AP"] for e in evals)
+
+
+def test_resume_gives_identical_weights(data: Path, tmp_path: Path) -> None:
+    # augmentation on (flip + jitter draw random numbers), so the RNG streams must be restored exactly too
+    cfg = tiny()
+    full = train(cfg, data=data, out=tmp_path / "full", log=_quiet, progress=False)
+    assert full["step"] == 6
+
+    part = train(cfg, data=data, out=tmp_path / "part", log=_quiet, progress=False, stop_after_steps=4)
+    assert part["step"] == 4 and part["stopped"] == "stopped after 4 steps"
+    mid = _state(tmp_path / "part" / "ckpt_last.pt")
+    assert (mid["epoch"], mid["step"], mid["batch"]) == (1, 4, 1)  # killed inside the second epoch
+    resumed = train(cfg, data=data, out=tmp_path / "part", log=_quiet, progress=False, resume=True)
+    assert resumed["step"] == 6
+
+    a = _state(tmp_path / "full" / "ckpt_last.pt")
+    b = _state(tmp_path / "part" / "ckpt_last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, st in a["optimizer"]["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][k][name]), (k, name)
+    assert resumed["AP"] == full["AP"]
+    # the resumed log continues the killed one: each step once, same losses as the uninterrupted run
+    log_a = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "part" / "train_log.jsonl").read_text().splitlines()]
+    steps_a = [(r["step"], r["loss"]) for r in log_a if r["type"] == "step"]
+    steps_b = [(r["step"], r["loss"]) for r in log_b if r["type"] == "step"]
+    assert steps_a == steps_b
+
+
+def test_time_budget_stops_after_the_step_then_evaluates_and_saves(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    m = train(tiny("time_budget_min=1e-9"), data=data, out=out, log=_quiet, progress=False)
+    assert m["step"] == 1 and "time budget" in m["stopped"]
+    assert set(STAT_NAMES) <= set(m)
+    assert _state(out / "ckpt_last.pt")["step"] == 1
+    assert json.loads((out / "metrics.json").read_text())["step"] == 1
+
+
+def test_non_finite_loss_names_step_and_image_ids(data: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinaedge.train.losses import RetinaNetLoss
+
+    real = RetinaNetLoss.__call__
+    seen: list[list[int]] = []
+
+    def poisoned(self, outputs, targets):  # the second batch's loss becomes NaN
+        out = dict(real(self, outputs, targets))
+        seen.append(targets["image_ids"].tolist())
+        if len(seen) == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(RetinaNetLoss, "__call__", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(epoch 0\)") as info:
+        train(tiny(), data=data, out=tmp_path / "nan", log=_quiet, progress=False)
+    assert f"batch image ids {seen[1]}" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_out_dir_guard_and_resume_checks(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny(), data=data, out=out, resume=True, log=_quiet, progress=False)
+    train(tiny(), data=data, out=out, log=_quiet, progress=False, stop_after_steps=1)
+    with pytest.raises(InputError, match="already holds a run"):
+        train(tiny(), data=data, out=out, log=_quiet, progress=False)
+    with pytest.raises(InputError, match=r"changed \['model\.head_channels'\]"):
+        train(tiny("model.head_channels=16"), data=data, out=out, resume=True, log=_quiet, progress=False)
+    with pytest.raises(InputError, match="train annotations"):
+        Trainer(config=tiny(), data=tmp_path / "nodata", out=tmp_path / "x")
