@@ -1,1 +1,300 @@
-"""retinaedge.export.pipeline: (placeholder, to be written)."""
+"""`export_model`: checkpoint -> ``model.{fp32,fp16,int8,int8-cpu}.onnx`` + ``spec.json`` + ``export.json``.
+
+Steps: load the checkpoint (`retinaedge.train.checkpoint.load_checkpoint`), export the raw heads
+(`retinaedge.export.onnx_export.export_onnx`), sanitize/concat (the pre-NMS graph), make each precision variant
+from the pre-NMS graph (FP16 AutoCast, ModelOpt INT8, ORT U8S8 INT8), append the FP32 NMS tail
+(`retinaedge.export.surgery.finalize`), write atomically, lint each file and print the lint summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from retinaedge.export.calib import (
+    CalibrationCache,
+    CalibrationSet,
+    calibration_key,
+    find_image_folder,
+    load_calibration_set,
+)
+from retinaedge.export.config import ExportConfig
+from retinaedge.export.fp16 import to_fp16
+from retinaedge.export.int8 import ModelOptMethod, quantize_int8_cpu, quantize_int8_tensorrt
+from retinaedge.export.lint import LintReport, lint_onnx
+from retinaedge.export.onnx_export import export_onnx, random_images
+from retinaedge.export.surgery import finalize, prepare_pre_nms
+from retinaedge.runtime.detections import Detections
+from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_file
+from retinaedge.runtime.preprocess import Letterbox, list_images
+from retinaedge.runtime.spec import DetectorSpec
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote.
+
+    Attributes:
+        out_dir: the output directory.
+        files: precision (``fp32``, ``fp16``, ``int8``, ``int8-cpu``) -> ONNX path.
+        spec: the spec written to ``spec.json`` (``nms`` set to the exported mode).
+        lint: precision -> `LintReport`.
+        calibration: calibration record (folder, images used/skipped, method chosen, held-out APs, cache hits).
+        log_path: ``export.json``.
+    """
+
+    out_dir: Path
+    files: dict[str, Path]
+    spec: DetectorSpec
+    lint: dict[str, LintReport]
+    calibration: dict[str, Any] = field(default_factory=dict)
+    log_path: Path | None = None
+
+
+def export_model(
+    config: ExportConfig,
+    *,
+    model: Any | None = None,
+    spec: DetectorSpec | None = None,
+    echo: Echo | None = None,
+) -> ExportResult:
+    """Export a trained RetinaNet to ONNX files in ``config.out_dir``.
+
+    Args:
+        config: what to export.
+        model: an already built ``torch.nn.Module`` (with ``spec``) instead of ``config.checkpoint``.
+        spec: the spec of ``model``.
+        echo: progress sink (the CLI passes ``print``); default: the module logger.
+
+    Returns:
+        The `ExportResult`; ``export.json`` in the output dir holds the same record.
+
+    Raises:
+        InputError: an unwritable output dir, a calibration folder without usable images, a bad opset.
+        ModelError: a checkpoint whose weights do not fit its architecture, or a model that does not fit its spec.
+    """
+    say: Echo = echo or log.info
+    out = ensure_writable_dir(config.out_dir)
+    if (model is None) != (spec is None):
+        raise InputError("pass both model= and spec= (or neither, to load config.checkpoint)")
+    if model is None:
+        from retinaedge.train.checkpoint import load_checkpoint
+
+        if config.checkpoint is None:
+            raise InputError("config.checkpoint is not set; pass --checkpoint RUN/ckpt_best.pt")
+        model, spec, _ = load_checkpoint(config.checkpoint)
+    if spec is None:  # unreachable: load_checkpoint returns a spec; keeps the type checker informed
+        raise InputError("no spec for the model")
+    say(f"exporting {config.checkpoint} -> {out} (opset {config.opset}, nms={config.nms}, "
+        f"precisions {','.join(config.precisions)})")
+    raw = export_onnx(model, spec, opset=config.opset, exporter=config.exporter)
+    pre = prepare_pre_nms(raw, spec)
+    input_name = spec.io.input
+
+    calib: CalibrationSet | None = None
+    record: dict[str, Any] = {}
+    cache: CalibrationCache | None = None
+    if config.needs_calibration:
+        if config.calib_data is None:  # ExportConfig refuses this already
+            raise InputError("calib_data is required for int8/int8-cpu; pass --calib-data DATA")
+        folder = find_image_folder(config.calib_data)
+        calib = load_calibration_set(list_images(folder), spec, limit=config.calib_images)
+        record.update(folder=str(folder), images=[p.name for p in calib.files],
+                      skipped=[{"file": str(p), "reason": r} for p, r in calib.skipped])
+        say(f"calibration: {len(calib.files)} images from {folder}"
+            + (f", {len(calib.skipped)} corrupt skipped (first: {calib.skipped[0][0].name})" if calib.skipped else ""))
+        key = calibration_key(pre.SerializeToString(), calib.files, spec)
+        cache = CalibrationCache(root=out / "calib", key=key)
+        record["key"] = key
+        record["cache_hits"] = []
+
+    files: dict[str, Path] = {}
+    reports: dict[str, LintReport] = {}
+    for precision in config.precisions:
+        target = "cpu" if precision == "int8-cpu" else "tensorrt"
+        if precision == "fp32":
+            variant = pre
+        elif precision == "fp16":
+            sample = calib.batch[:4] if calib is not None else random_images(spec, 2)
+            variant = to_fp16(pre, sample, input_name=input_name, opset=config.opset)
+        elif precision == "int8":
+            if calib is None or cache is None:
+                raise InputError("int8 needs calibration images; pass --calib-data")
+            variant = _int8_tensorrt(pre, calib, cache, config, spec, record, say)
+        else:
+            if calib is None or cache is None:
+                raise InputError("int8-cpu needs calibration images; pass --calib-data")
+            variant = _cached(cache, "int8-cpu.onnx", record,
+                              lambda: quantize_int8_cpu(pre, calib.batch, input_name=input_name,
+                                                        batch=config.calib_batch))
+        final = finalize(variant, spec, nms=config.nms, precision="int8" if precision == "int8-cpu" else precision,
+                         target=target)
+        path = out / f"model.{precision}.onnx"
+        atomic_write_bytes(path, final.SerializeToString())
+        report = lint_onnx(path)
+        files[precision], reports[precision] = path, report
+        say(f"wrote {path.name}; lint: {report.summary()}")
+        for finding in report.errors + report.warnings:
+            say(f"  {finding}")
+
+    spec_out = spec.replace(nms=config.nms)
+    spec_out.save(out / "spec.json")
+    log_path = out / "export.json"
+    payload = {
+        "config": config.to_dict(),
+        "files": {p: {"path": f.name, "sha256": sha256_file(f)} for p, f in files.items()},
+        "lint": {p: r.to_dict() for p, r in reports.items()},
+        "calibration": record,
+        "versions": _versions(),
+    }
+    atomic_write_text(log_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return ExportResult(out, files, spec_out, reports, record, log_path)
+
+
+def _cached(cache: CalibrationCache, name: str, record: dict[str, Any],
+            make: Callable[[], onnx.ModelProto], extra: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+    data = cache.get(name)
+    if data is not None:
+        record["cache_hits"].append(name)
+        return onnx.load_from_string(data)
+    model = make()
+    cache.put(name, model.SerializeToString(), record=dict(extra) if extra else None)
+    return model
+
+
+def _int8_tensorrt(pre: onnx.ModelProto, calib: CalibrationSet, cache: CalibrationCache, config: ExportConfig,
+                   spec: DetectorSpec, record: dict[str, Any], say: Echo) -> onnx.ModelProto:
+    methods: Sequence[ModelOptMethod] = (
+        ("entropy", "max") if config.calib_method == "auto" else ("max",) if config.calib_method == "max"
+        else ("entropy",)
+    )
+
+    def quantize(method: ModelOptMethod) -> onnx.ModelProto:
+        return _cached(cache, f"int8.{method}.onnx", record,
+                       lambda: quantize_int8_tensorrt(pre, calib.batch, input_name=spec.io.input, method=method,
+                                                      opset=config.opset))
+
+    if len(methods) == 1:
+        record["method"] = methods[0]
+        return quantize(methods[0])
+    heldout = _heldout(config, spec, calib)
+    if heldout is None:
+        record["method"] = "entropy"
+        record["method_reason"] = ("calib_method=auto needs DATA/annotations/instances_val.json and DATA/val images "
+                                   "outside the calibration set; none found, so entropy (ModelOpt's default)")
+        say(f"int8: {record['method_reason']}")
+        return quantize("entropy")
+    ann, files, ids, batch, metas = heldout
+    aps: dict[str, float] = {"fp32": heldout_ap(pre, spec, batch, metas, ids, ann)}
+    models: dict[str, onnx.ModelProto] = {}
+    for method in methods:
+        models[method] = quantize(method)
+        aps[method] = heldout_ap(models[method], spec, batch, metas, ids, ann)
+    best = max(methods, key=lambda m: (aps[m], m == "entropy"))
+    record.update(method=best, heldout_images=[p.name for p in files], heldout_AP=aps)
+    say("int8 calibration (held-out AP on " + f"{len(files)} images): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in aps.items()) + f" -> {best}")
+    return models[best]
+
+
+def _heldout(config: ExportConfig, spec: DetectorSpec, calib: CalibrationSet
+             ) -> tuple[Any, list[Path], list[int], np.ndarray, list[Letterbox]] | None:
+    if config.calib_data is None:
+        return None
+    data = Path(config.calib_data)
+    ann_file, folder = data / "annotations" / "instances_val.json", data / "val"
+    if not ann_file.is_file() or not folder.is_dir():
+        return None
+    from retinaedge.runtime.cocoeval import load_coco
+
+    gt = load_coco(ann_file)
+    by_name = {img["file_name"]: int(img["id"]) for img in gt.dataset.get("images", [])}
+    used = {p.resolve() for p in calib.files}
+    candidates = [p for p in list_images(folder) if p.resolve() not in used and p.name in by_name]
+    if not candidates:
+        return None
+    held = load_calibration_set(candidates, spec, limit=config.heldout_images)
+    return gt, list(held.files), [by_name[p.name] for p in held.files], held.batch, list(held.metas)
+
+
+def detect_pre_nms(outputs: Mapping[str, np.ndarray], spec: DetectorSpec,
+                   metas: Sequence[Letterbox]) -> list[Detections]:
+    """Raw heads -> `Detections` with the numpy EfficientNMS twin (`retinaedge.runtime.nms.efficient_nms`).
+
+    Args:
+        outputs: ``cls_logits`` (B, N, K) and ``box_deltas`` (B, N, 4) raw (unclamped) outputs.
+        metas: the `Letterbox` of each image.
+
+    Returns:
+        B `Detections` in original-image pixels.
+    """
+    from retinaedge.runtime.nms import efficient_nms
+
+    pp = spec.postprocess
+    deltas = outputs[spec.io.box_deltas].astype(np.float32) / np.asarray(spec.box_coding.weights, np.float32)
+    deltas[..., 2:] = np.minimum(deltas[..., 2:], np.float32(spec.box_coding.clamp))
+    num, boxes, scores, classes = efficient_nms(
+        deltas, outputs[spec.io.cls_logits].astype(np.float32), spec.anchors_cxcywh()[None],
+        score_threshold=pp.score_threshold, iou_threshold=pp.iou_threshold, max_output_boxes=pp.max_detections,
+        class_agnostic=pp.class_agnostic,
+    )
+    dets = []
+    for i, meta in enumerate(metas):
+        k = int(num[i, 0])
+        keep = scores[i, :k] >= pp.score_threshold
+        dets.append(Detections(meta.to_original(boxes[i, :k][keep]), scores[i, :k][keep].astype(np.float32),
+                               classes[i, :k][keep].astype(np.int64)))
+    return dets
+
+
+def run_pre_nms(model: onnx.ModelProto, batch: np.ndarray, *, input_name: str, chunk: int = 8
+                ) -> dict[str, np.ndarray]:
+    """Run a pre-NMS model in ONNX Runtime (CPU) over ``batch`` in chunks; outputs concatenated by name."""
+    from retinaedge.runtime._lazy import require
+
+    ort = require("onnxruntime", purpose="running exported models")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(0, len(batch), chunk):
+        for n, v in zip(names, sess.run(None, {input_name: batch[i : i + chunk]}), strict=True):
+            parts[n].append(v)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def heldout_ap(model: onnx.ModelProto, spec: DetectorSpec, batch: np.ndarray, metas: Sequence[Letterbox],
+               image_ids: Sequence[int], gt: Any) -> float:
+    """pycocotools AP of a pre-NMS model on preprocessed images with known COCO ids."""
+    from retinaedge.runtime.cocoeval import coco_evaluate
+
+    outputs = run_pre_nms(model, batch, input_name=spec.io.input)
+    dets = detect_pre_nms(outputs, spec, metas)
+    metrics = coco_evaluate(gt, dict(zip(image_ids, dets, strict=True)), spec.category_ids, spec.class_names)
+    return float(metrics["AP"])
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnx-graphsurgeon", "nvidia-modelopt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
