@@ -40,13 +40,18 @@ $(PYFILES_STAMP): $(STAMP) FORCE
 	fi
 FORCE:
 
-# tensorrt-stubs live OUTSIDE the venv (inside, `import tensorrt` would succeed and break ModelOpt);
-# two syntax faults in 10.13's .pyi are patched (TENSORRT.md).
+# tensorrt-stubs live OUTSIDE the venv (inside, `import tensorrt` would succeed and break ModelOpt).
+# The wheel holds tensorrt/__init__.pyi and tensorrt_bindings/{__init__,tensorrt}.pyi (TRT 10.13's real API);
+# patched here (TENSORRT.md): parameters named `in` (a keyword), `add_scale_nd`'s required `channel_axis`
+# after defaulted ones, and `import tensorrt_libs` (a runtime-only package with no stubs). The last step
+# parses every .pyi so a patch that stops matching fails here, not as 500 mypy errors.
 $(TYPECHECK)/.ready:
 	rm -rf $(TYPECHECK)
 	$(PIP) install -q --no-deps --target $(TYPECHECK) $(TRT_STUBS)
-	sed -i -E 's/([(,] *)in: /\1in_: /g' $(TYPECHECK)/tensorrt-stubs/*.pyi
-	sed -i -E 's/(def add_scale_nd\(.*channel_axis: int)\)/\1 = 0)/' $(TYPECHECK)/tensorrt-stubs/*.pyi
+	sed -i -E 's/([(,] *)in: /\1in_: /g' $(TYPECHECK)/tensorrt_bindings/tensorrt.pyi
+	sed -i -E 's/(def add_scale_nd\(.*channel_axis: int)\)/\1 = 0)/' $(TYPECHECK)/tensorrt_bindings/tensorrt.pyi
+	sed -i -E '/^import tensorrt_libs( |$$)/d' $(TYPECHECK)/tensorrt/__init__.pyi $(TYPECHECK)/tensorrt_bindings/__init__.pyi
+	$(PY) -c "import ast, pathlib, sys; [ast.parse(p.read_text(), str(p)) for p in pathlib.Path(sys.argv[1]).rglob('*.pyi')]" $(TYPECHECK)
 	touch $@
 
 lint: venv

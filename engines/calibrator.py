@@ -1,1 +1,158 @@
-"""retinaedge.engines.calibrator: (placeholder, to be written)."""
+"""INT8 calibration for weakly-typed builds (TensorRT 8.6 / 10.x): the host-side batcher, the cache key,
+and the factory for the ``IInt8EntropyCalibrator2`` that PyCUDA feeds.
+
+Calibration images go through `retinaedge.runtime.preprocess` -- the runtime's own letterbox -- so the scales
+TensorRT measures are those of the inputs it will see (retinanet-examples calibrated stretched images and ran
+letterboxed ones). The cache is keyed by the ONNX, the image files and the preprocessing, so a stale table is
+never reused ("Calibration failure occurred with no scaling factors detected" after swapping the ONNX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retinaedge.runtime.errors import EngineBuildError, InputError
+from retinaedge.runtime.io import sha256_file, sha256_strings
+from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, list_images, load_image, preprocess_batch
+from retinaedge.runtime.spec import DetectorSpec
+
+if TYPE_CHECKING:
+    from retinaedge.engines._trt_calibrator import EntropyCalibrator
+    from retinaedge.runtime.cuda import CudaApi
+
+CACHE_KEY_VERSION = "retinaedge-calib-1"
+
+
+def calibration_images(data: str | Path, *, max_images: int | None = None) -> list[Path]:
+    """The calibration image files under ``data``, sorted.
+
+    ``data`` is an image folder, or a dataset root in the COCO layout (``DATA/train`` is used, else
+    ``DATA/val``): calibrate on training images, not on the images the engine is evaluated on.
+
+    Raises:
+        InputError: if no images are found.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError(f"calibration data {str(root)!r} is not a folder; pass an image folder or a dataset root")
+    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir() if p.is_file())
+    folder = root
+    if not has_images:
+        for sub in ("train", "val"):
+            if (root / sub).is_dir():
+                folder = root / sub
+                break
+    files = list_images(folder)
+    return files[:max_images] if max_images else files
+
+
+def calibration_cache_key(onnx_sha256: str, image_paths: Sequence[Path], spec: DetectorSpec) -> str:
+    """sha256 over the ONNX, each calibration image (name and content) and the preprocessing (the spec).
+
+    Any change to one of them gives a new key, so a cache written for another model or image set is not read.
+    """
+    parts = [CACHE_KEY_VERSION, onnx_sha256, spec.to_json()]
+    for p in image_paths:
+        parts += [Path(p).name, sha256_file(p)]
+    return sha256_strings(parts)
+
+
+class CalibrationBatcher:
+    """Fixed-size batches of letterboxed calibration images, the exact runtime preprocessing.
+
+    Only whole batches are produced (TensorRT calibrates at one profile shape); the remainder is dropped.
+
+    Args:
+        images: image files.
+        spec: the model's spec (input size, letterbox, input dtype).
+        batch_size: images per batch.
+        skip_corrupt: skip images that cannot be decoded (listed in `skipped`) instead of raising.
+
+    Yields:
+        (batch_size, 3, H, W) contiguous arrays in the spec's input dtype (0..255 pixels).
+    """
+
+    def __init__(
+        self, *, images: Sequence[Path], spec: DetectorSpec, batch_size: int = 8, skip_corrupt: bool = True
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"calibration batch_size={batch_size!r} must be an integer >= 1")
+        if len(images) < batch_size:
+            raise InputError(
+                f"calibration needs at least batch_size={batch_size} images, got {len(images)}; "
+                "add images or lower the calibration batch size"
+            )
+        self.images = [Path(p) for p in images]
+        self.spec = spec
+        self.batch_size = batch_size
+        self.skip_corrupt = skip_corrupt
+        self.skipped: list[Path] = []
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, 3, self.spec.input_height, self.spec.input_width)
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        return np.dtype(self.spec.input_dtype)
+
+    def __len__(self) -> int:
+        """Upper bound on the number of batches (fewer when images are skipped)."""
+        return len(self.images) // self.batch_size
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.skipped = []
+        pending: list[np.ndarray] = []
+        for path in self.images:
+            try:
+                pending.append(load_image(path))
+            except InputError:
+                if not self.skip_corrupt:
+                    raise
+                self.skipped.append(path)
+                continue
+            if len(pending) == self.batch_size:
+                batch, _ = preprocess_batch(pending, self.spec)
+                pending = []
+                yield np.ascontiguousarray(batch)
+        if len(self.images) - len(self.skipped) < self.batch_size:
+            raise InputError(
+                f"only {len(self.images) - len(self.skipped)} of {len(self.images)} calibration images could be "
+                f"decoded, fewer than batch_size={self.batch_size}; first bad file: {str(self.skipped[0])!r}"
+            )
+
+
+def make_entropy_calibrator(
+    trt: object, batcher: CalibrationBatcher, cache_path: Path, cuda: CudaApi, *, cache_key: str
+) -> EntropyCalibrator:
+    """An ``IInt8EntropyCalibrator2`` fed from ``batcher`` through ``cuda``, with a keyed cache.
+
+    The class lives at module level in `retinaedge.engines._trt_calibrator`, which subclasses
+    ``tensorrt.IInt8EntropyCalibrator2`` when imported; it is imported only here, after the capability check,
+    because TensorRT 11 has no such base class (and this module must import without TensorRT).
+
+    Args:
+        trt: the ``tensorrt`` module (checked for the calibrator API).
+        batcher: host-side batches.
+        cache_path: calibration table file; ``<cache_path>.key`` holds the key it was written for.
+        cuda: an open `CudaApi` in the building thread.
+        cache_key: from `calibration_cache_key`.
+
+    Raises:
+        EngineBuildError: if this TensorRT has no ``IInt8EntropyCalibrator2`` (TensorRT 11).
+    """
+    from retinaedge.engines.capability import detect
+
+    caps = detect(trt)
+    if not caps.int8_calibrator:
+        raise EngineBuildError(
+            f"TensorRT {caps.version} has no IInt8EntropyCalibrator2 (removed in 11.0); "
+            "build INT8 from the Q/DQ ONNX (model.int8.onnx) instead"
+        )
+    from retinaedge.engines._trt_calibrator import EntropyCalibrator
+
+    return EntropyCalibrator(batcher=batcher, cache_path=cache_path, cache_key=cache_key, cuda=cuda)

@@ -1,1 +1,253 @@
-"""retinaedge.runtime.trt_runner: (placeholder, to be written)."""
+"""`TrtRunner`: runs a TensorRT engine through PyCUDA, with the same outputs contract as `OrtRunner`.
+
+Construction reads only the ``.engine.json`` sidecar (spec, precision, batch profile); nothing is imported or
+allocated before `activate` (Polygraphy's rule), which then: checks the sidecar against the running TensorRT and
+GPU (refusing a mismatch, both sides named), registers TensorRT's plugins (EfficientNMS_TRT), deserialises the
+engine, creates the execution context, a stream, and one pinned host buffer plus one device buffer per IO tensor,
+sized for the profile's largest batch. `infer` is then: set the input shape, async H2D, execute, async D2H of
+every output on the same stream, one synchronize. TensorRT >= 8.5 uses the tensor API (``set_tensor_address`` +
+``execute_async_v3``); older 8.x the bindings API (``execute_async_v2``), chosen by feature.
+
+Not verified on a GPU in this project's CI: written and type-checked against tensorrt-stubs 10.13; the
+``tensorrt``-marked tests run it on a GPU host (``make gpu-check``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retinaedge.runtime._lazy import require
+from retinaedge.runtime.cuda import CudaApi, CudaStream, DeviceAllocation, PyCudaApi
+from retinaedge.runtime.engine_meta import EngineSidecar, check_compatible
+from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.runner import Backend, Precision, Runner
+from retinaedge.runtime.spec import DetectorSpec
+
+if TYPE_CHECKING:
+    import tensorrt
+
+_PRECISIONS: dict[str, Precision] = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
+# tensorrt.DataType member name -> numpy (``trt.nptype`` is untyped in the stubs, and raises on new types)
+_NP_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+              "BOOL": "bool", "UINT8": "uint8"}
+
+
+@dataclass
+class _IOTensor:
+    """One engine input or output: pinned host memory and device memory for the largest batch."""
+
+    name: str
+    index: int  # binding index (TensorRT 8.x bindings API)
+    is_input: bool
+    dtype: np.dtype[Any]
+    host: np.ndarray  # flat, pinned
+    device: DeviceAllocation
+
+
+def _dims(shape: Any) -> tuple[int, ...]:
+    return tuple(int(shape[i]) for i in range(len(shape)))
+
+
+def _np_dtype(trt_dtype: tensorrt.DataType) -> np.dtype[Any]:
+    name = trt_dtype.name
+    if name not in _NP_DTYPES:
+        raise ModelError(f"engine IO tensor type {name} is not supported; allowed: {sorted(_NP_DTYPES)}")
+    return np.dtype(_NP_DTYPES[name])
+
+
+class TrtRunner(Runner):
+    """Run a ``model.<precision>.engine`` built by ``retinaedge build``.
+
+    Args:
+        path: the ``.engine`` file; its ``.engine.json`` sidecar must sit beside it.
+        spec: the detector spec; defaults to the one recorded in the sidecar.
+        device: CUDA device ordinal.
+        cuda: the CUDA helper (default `PyCudaApi` on ``device``); its context is owned by the thread that calls
+            `activate`, and `infer` must be called from that thread.
+
+    Raises:
+        ModelError: if the engine or its sidecar is missing or unreadable.
+    """
+
+    backend: Backend = "trt"
+
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        spec: DetectorSpec | None = None,
+        device: int = 0,
+        cuda: CudaApi | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"engine {str(self.path)!r} does not exist; build one with retinaedge build")
+        self.sidecar = EngineSidecar.for_engine(self.path)
+        self.spec = spec or DetectorSpec.from_dict(self.sidecar.spec)
+        self.precision = _PRECISIONS[self.sidecar.precision]
+        self.name = self.path.name
+        self.device = device
+        batch = self.sidecar.build_options.get("batch", [1, 1, 1])
+        self.batch_range = (int(batch[0]), int(batch[-1]))
+        self._cuda_arg = cuda
+        self._cuda: CudaApi | None = None
+        self._stream: CudaStream | None = None
+        self._runtime: tensorrt.Runtime | None = None
+        self._engine: tensorrt.ICudaEngine | None = None
+        self._context: tensorrt.IExecutionContext | None = None
+        self._tensors: list[_IOTensor] = []
+        self._tensor_api = True
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        if TYPE_CHECKING:  # mypy checks every call below against tensorrt-stubs
+            import tensorrt as trt
+        else:
+            trt = require("tensorrt", purpose="running .engine files")
+        cuda = self._cuda_arg if self._cuda_arg is not None else PyCudaApi(device=self.device)
+        cuda.open()
+        self._cuda = cuda
+        try:
+            self._activate(trt, cuda)
+        except BaseException:
+            self.deactivate_impl()
+            raise
+
+    def _activate(self, trt_module: ModuleType, cuda: CudaApi) -> None:
+        if TYPE_CHECKING:
+            import tensorrt as trt
+        else:
+            trt = trt_module
+        check_compatible(
+            self.sidecar,
+            trt_version=trt.__version__,
+            device_name=cuda.device_name(),
+            compute_capability=cuda.compute_capability(),
+        )
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(logger, "")
+        self._runtime = trt.Runtime(logger)
+        if self.sidecar.version_compatible:  # the plan embeds its lean runtime
+            self._runtime.engine_host_code_allowed = True
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise ModelError(f"TensorRT cannot deserialize {self.path.name}; see the TensorRT log above and rebuild")
+        self._engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise ModelError(f"TensorRT cannot create an execution context for {self.path.name} (out of memory?)")
+        self._context = context
+        self._stream = cuda.stream()
+        self._tensor_api = hasattr(trt.ICudaEngine, "num_io_tensors") and hasattr(
+            trt.IExecutionContext, "execute_async_v3"
+        )
+        spec_shape = (3, self.spec.input_height, self.spec.input_width)
+        max_input = (self.batch_range[1], *spec_shape)
+        if self._tensor_api:
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            modes = [engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names]
+            dtypes = [_np_dtype(engine.get_tensor_dtype(n)) for n in names]
+        else:  # TensorRT 8.x before 8.5: the bindings API
+            names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]  # type: ignore[attr-defined]  # TRT 8.x only
+            modes = [engine.binding_is_input(i) for i in range(len(names))]  # type: ignore[attr-defined]  # TRT 8.x only
+            dtypes = [_np_dtype(engine.get_binding_dtype(i)) for i in range(len(names))]  # type: ignore[attr-defined]  # TRT 8.x only
+        inputs = [n for n, is_in in zip(names, modes, strict=True) if is_in]
+        if len(inputs) != 1:
+            raise ModelError(f"engine {self.path.name} has inputs {inputs}; a detector engine has exactly one")
+        self._set_input_shape(inputs[0], names.index(inputs[0]), max_input)
+        for i, (name, is_input, dtype) in enumerate(zip(names, modes, dtypes, strict=True)):
+            shape = max_input if is_input else self._output_shape(name, i)
+            if any(d < 0 for d in shape):
+                raise ModelError(
+                    f"output {name!r} of {self.path.name} has a data-dependent shape {shape} (nms=onnx?); "
+                    "TrtRunner needs static output shapes: export with --nms efficient or none"
+                )
+            size = int(np.prod(shape))
+            host = cuda.pagelocked_empty((size,), dtype)
+            device = cuda.mem_alloc(max(host.nbytes, 1))
+            self._tensors.append(_IOTensor(name, i, is_input, dtype, host, device))
+            if self._tensor_api and not context.set_tensor_address(name, int(device)):
+                raise ModelError(f"TensorRT refused the device address of tensor {name!r}")
+
+    def deactivate_impl(self) -> None:
+        for t in self._tensors:
+            t.device.free()
+        self._tensors = []
+        self._context = None  # context before engine before runtime: TensorRT's destruction order
+        self._engine = None
+        self._runtime = None
+        self._stream = None
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
+
+    # ---- shapes ----------------------------------------------------------------------------------
+    def _set_input_shape(self, name: str, index: int, shape: tuple[int, ...]) -> None:
+        if self._context is None:
+            raise RuntimeError("TrtRunner is not active")
+        if self._tensor_api:
+            ok = self._context.set_input_shape(name, shape)
+        else:
+            ok = self._context.set_binding_shape(index, shape)  # type: ignore[attr-defined]  # TRT 8.x only
+        if not ok:
+            raise InputError(
+                f"TensorRT refused input shape {shape} for {self.path.name} (profile batch "
+                f"{self.batch_range[0]}..{self.batch_range[1]}); rebuild with another --batch"
+            )
+
+    def _output_shape(self, name: str, index: int) -> tuple[int, ...]:
+        if self._context is None:
+            raise RuntimeError("TrtRunner is not active")
+        if self._tensor_api:
+            return _dims(self._context.get_tensor_shape(name))
+        return _dims(self._context.get_binding_shape(index))  # type: ignore[attr-defined]  # TRT 8.x only
+
+    # ---- inference -------------------------------------------------------------------------------
+    def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch.
+
+        Args:
+            batch: (B, 3, H, W) from `preprocess_batch`, ``B`` within the engine's batch profile.
+
+        Returns:
+            Every engine output by name, e.g. ``num_detections`` (B, 1) int32, ``detection_boxes`` (B, K, 4)
+            float32 xyxy in network-input pixels, ``detection_scores`` (B, K), ``detection_classes`` (B, K) int32.
+        """
+        if self._cuda is None or self._context is None or self._stream is None:
+            raise RuntimeError("TrtRunner is not active")
+        cuda, context, stream = self._cuda, self._context, self._stream
+        b = int(batch.shape[0])
+        lo, hi = self.batch_range
+        if not lo <= b <= hi:
+            raise InputError(
+                f"batch size {b} is outside {self.path.name}'s profile {lo}..{hi}; split the batch or rebuild "
+                f"with --batch {min(lo, b)}:{min(lo, b)}:{max(hi, b)}"
+            )
+        inp = next(t for t in self._tensors if t.is_input)
+        host_in = inp.host[: batch.size].reshape(batch.shape)
+        np.copyto(host_in, batch, casting="same_kind")
+        self._set_input_shape(inp.name, inp.index, tuple(int(d) for d in batch.shape))
+        cuda.memcpy_htod_async(inp.device, host_in, stream)
+        if self._tensor_api:
+            ok = context.execute_async_v3(stream.handle)
+        else:
+            bindings = [int(t.device) for t in self._tensors]
+            ok = context.execute_async_v2(bindings=bindings, stream_handle=stream.handle)  # type: ignore[attr-defined]  # TRT 8.x only
+        if not ok:
+            raise ModelError(f"TensorRT failed to execute {self.path.name}; see the TensorRT log above")
+        views: dict[str, np.ndarray] = {}
+        for t in self._tensors:
+            if t.is_input:
+                continue
+            shape = self._output_shape(t.name, t.index)
+            view = t.host[: int(np.prod(shape))].reshape(shape)
+            cuda.memcpy_dtoh_async(view, t.device, stream)
+            views[t.name] = view
+        cuda.synchronize(stream)
+        return {name: view.copy() for name, view in views.items()}
