@@ -331,8 +331,8 @@ def _greedy_matrix(sup: np.ndarray) -> np.ndarray:
     A box that no earlier box can suppress is kept whatever happens before it, so those (usually most of
     them) are settled in one vectorised step; only the contested rest is walked in order.
     """
-    contested = sup.any(axis=0)
-    alive = ~sup[~contested].any(axis=0)
+    contested = np.asarray(sup.any(axis=0))
+    alive = np.asarray(~sup[~contested].any(axis=0))
     keep = ~contested
     for i in np.flatnonzero(alive & contested).tolist():
         if alive[i]:  # nothing kept before i suppressed it
