@@ -192,7 +192,7 @@ def check_compatible(
     if version_ok and device_ok:
         return
     what = " and ".join(
-        w for w, bad in (("TensorRT version", not version_ok), ("GPU", not device_ok)) if bad
+        w for w, bad in (("TensorRT versions", not version_ok), ("GPUs", not device_ok)) if bad
     )
     raise EngineMismatchError(
         f"engine built with {sidecar.describe()}, running {_describe(trt_version, device_name, cc)} "

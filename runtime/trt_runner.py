@@ -67,6 +67,7 @@ class TrtRunner(Runner):
         path: the ``.engine`` file; its ``.engine.json`` sidecar must sit beside it.
         spec: the detector spec; defaults to the one recorded in the sidecar.
         device: CUDA device ordinal.
+        name: label in reports (default ``trt-<precision>:<file name>``).
         cuda: the CUDA helper (default `PyCudaApi` on ``device``); its context is owned by the thread that calls
             `activate`, and `infer` must be called from that thread.
 
@@ -82,16 +83,19 @@ class TrtRunner(Runner):
         path: str | Path,
         spec: DetectorSpec | None = None,
         device: int = 0,
+        name: str | None = None,
         cuda: CudaApi | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            raise InputError(f"device={device!r} must be a CUDA device ordinal >= 0")
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"engine {str(self.path)!r} does not exist; build one with retinaedge build")
         self.sidecar = EngineSidecar.for_engine(self.path)
         self.spec = spec or DetectorSpec.from_dict(self.sidecar.spec)
         self.precision = _PRECISIONS[self.sidecar.precision]
-        self.name = self.path.name
+        self.name = name or f"trt-{self.precision}:{self.path.name}"
         self.device = device
         batch = self.sidecar.build_options.get("batch", [1, 1, 1])
         self.batch_range = (int(batch[0]), int(batch[-1]))

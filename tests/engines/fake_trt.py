@@ -244,6 +244,7 @@ class HostCuda:
         self.opened = 0
         self.closed = 0
         self.copies = 0
+        self.allocs: dict[int, HostCuda._Alloc] = {}
 
     class _Alloc:
         def __init__(self, nbytes: int) -> None:
@@ -269,7 +270,9 @@ class HostCuda:
         self.closed += 1
 
     def mem_alloc(self, nbytes: int) -> HostCuda._Alloc:
-        return HostCuda._Alloc(nbytes)
+        alloc = HostCuda._Alloc(nbytes)
+        self.allocs[int(alloc)] = alloc
+        return alloc
 
     def pagelocked_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype)
