@@ -63,7 +63,7 @@ def test_corrupt_images_are_skipped_or_raise(tmp_path):
     batcher = CalibrationBatcher(images=[paths[0], bad, paths[1], paths[2]], spec=SPEC, batch_size=3)
     assert len(list(batcher)) == 1 and batcher.skipped == [bad]
     strict = CalibrationBatcher(images=[paths[0], bad, paths[1]], spec=SPEC, batch_size=1, skip_corrupt=False)
-    with pytest.raises(InputError, match="bad.png"):
+    with pytest.raises(InputError, match=r"bad\.png"):
         list(strict)
     too_few = CalibrationBatcher(images=[paths[0], bad], spec=SPEC, batch_size=2)
     with pytest.raises(InputError, match="only 1 of 2 calibration images"):
