@@ -428,11 +428,13 @@ def build_engine(
                 bc.set_flag(trt.BuilderFlag.ERROR_ON_TIMING_CACHE_MISS)
 
         t0 = time.perf_counter()
-        plan = builder.build_serialized_network(network, bc)
+        try:
+            plan = builder.build_serialized_network(network, bc)
+        finally:
+            if own_calibrator is not None:
+                own_calibrator.free()
         build_time = time.perf_counter() - t0
         failure = getattr(own_calibrator, "failure", None)
-        if own_calibrator is not None:
-            own_calibrator.free()
         if failure is not None:
             raise EngineBuildError(f"INT8 calibration failed: {failure}") from failure
         if plan is None:

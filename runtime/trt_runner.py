@@ -236,8 +236,8 @@ class TrtRunner(Runner):
         inp = next(t for t in self._tensors if t.is_input)
         host_in = inp.host[: batch.size].reshape(batch.shape)
         np.copyto(host_in, batch, casting="same_kind")
+        cuda.memcpy_htod_async(inp.device, host_in, stream)  # first CUDA call: refuses a foreign thread
         self._set_input_shape(inp.name, inp.index, tuple(int(d) for d in batch.shape))
-        cuda.memcpy_htod_async(inp.device, host_in, stream)
         if self._tensor_api:
             ok = context.execute_async_v3(stream.handle)
         else:
