@@ -390,7 +390,7 @@ def _check_qdq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[
 
 
 def _preview(values: Iterable[Any]) -> str:
-    vals = list(values)
+    vals = [v.item() if hasattr(v, "item") else v for v in values]
     return str(vals[:4])[:-1] + (", ...]" if len(vals) > 4 else "]")
 
 
