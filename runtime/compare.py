@@ -6,6 +6,9 @@
   runner, so the reference goes second. Its per-output ``max_absdiff`` / ``max_reldiff`` are the minimum
   atol / rtol that would pass; we report those, plus pooled abs-error statistics.
 * Detections after NMS: matched by IoU and class, never by index (NMS order is unstable across backends).
+
+Note: our code never imports torch, but Polygraphy's array helpers import it when it is installed (a few seconds
+on a development machine; nothing on a Jetson without torch).
 """
 
 from __future__ import annotations
@@ -265,6 +268,9 @@ def _match(a: Detections, b: Detections, iou: float) -> list[tuple[int, int, flo
     if len(a) == 0 or len(b) == 0:
         return []
     ious = box_iou(a.boxes, b.boxes)
+    # the same box (to 1e-3 px) matches even when degenerate: a box in the letterbox padding clips to zero area
+    gap = np.abs(np.asarray(a.boxes, np.float64)[:, None, :] - np.asarray(b.boxes, np.float64)[None, :, :])
+    ious[gap.max(axis=-1) <= 1e-3] = 1.0
     ious[np.asarray(a.classes)[:, None] != np.asarray(b.classes)[None, :]] = -1.0
     taken = np.zeros(len(b), dtype=bool)
     pairs: list[tuple[int, int, float]] = []

@@ -1,1 +1,522 @@
-"""retinaedge.runtime.validate: (placeholder, to be written)."""
+"""Accuracy-vs-precision validation: every model on the same original images, one row each, against a gate.
+
+For each runner (torch FP32 reference, ORT FP32/FP16/INT8 ONNX, TensorRT engines) `validate`:
+
+* runs `retinaedge.runtime.runner.Detector` on the ORIGINAL validation images (letterbox inside, boxes mapped
+  back to original pixels) and scores the detections with pycocotools (`retinaedge.runtime.cocoeval`);
+* times every call (per-image latency = call time / images in the call; p50/p99);
+* compares raw head outputs with the reference through Polygraphy (`retinaedge.runtime.compare.compare_raw`,
+  reference second) when raw runners are given;
+* matches detections with the reference's by IoU and class (`match_detections`), pooled over images;
+* checks batch consistency: B copies of one image give B identical detection sets, and a mixed batch gives
+  each image's batch-1 result;
+* computes ΔAP and ``retained = AP / AP_ref`` and applies the gate.
+
+Gate: a row passes when ``retained >= gate[precision]`` and its batch consistency is not violated. FP32 rows
+use ``gate.get("fp32", 0.999)``: an FP32 export must keep the reference's accuracy too. The reference row passes
+by definition. When the reference AP is 0 the ratio is undefined: ``retained`` is null and the row fails (the
+gate needs a trained model).
+
+INT8 Q/DQ ONNX built for TensorRT (symmetric INT8, ``retinaedge.target`` = ``tensorrt``) runs on ORT only to check
+its accuracy: ORT executes it correctly but slowly, so its latency is marked "not representative of
+TensorRT" (TENSORRT.md).
+
+Outputs in ``report_dir``: ``report.json`` (keys of ARCHITECTURE.md, plus extra keys), ``report.md``,
+``pr_curves.png`` (precision-recall at IoU 0.5 per model, from pycocotools' accumulate arrays) and
+``samples_<label>.png`` (a contact sheet of sample detections per model).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaedge.runtime._lazy import require
+from retinaedge.runtime.cocoeval import coco_evaluate, load_coco
+from retinaedge.runtime.compare import Agreement, compare_raw, detections_consistent, match_detections
+from retinaedge.runtime.detections import Detections
+from retinaedge.runtime.draw import contact_sheet, draw_detections
+from retinaedge.runtime.errors import InputError, RetinaEdgeError
+from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from retinaedge.runtime.preprocess import load_image, preprocess_batch
+from retinaedge.runtime.runner import Detector, Runner
+
+DEFAULT_GATE: Mapping[str, float] = {"fp16": 0.999, "int8": 0.99}
+FP32_GATE = 0.999
+"""Used for FP32 rows unless the gate names ``fp32``."""
+
+TRT_INT8_NOTE = "latency not representative of TensorRT (TensorRT Q/DQ INT8 ONNX run on ORT CPU: accuracy only)"
+
+ROW_KEYS = ("model", "backend", "precision", "nms", "AP", "AP50", "AP75", "retained", "latency_ms_p50",
+            "latency_ms_p99", "max_abs_diff", "det_agreement", "batch_consistent", "pass")
+"""The stable keys of each ``report.json`` row (ARCHITECTURE.md); rows carry extra keys after these."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One validated model.
+
+    Attributes:
+        model: the model's path (or the runner's name when it has no path).
+        label: short unique label (``<backend>-<file stem>``) used for plots and sample sheets.
+        backend: ``torch`` | ``ort`` | ``trt``.
+        precision: ``fp32`` | ``fp16`` | ``int8``.
+        nms: the spec's NMS mode.
+        metrics: `coco_evaluate`'s 12 stats (and per-class AP).
+        retained: ``AP / AP_ref``, None when the reference AP is 0.
+        delta_ap: ``AP - AP_ref``.
+        latency_ms_p50: median per-image latency (detector call time / images per call).
+        latency_ms_p99: 99th percentile of the same.
+        max_abs_diff: largest raw-output abs error vs the reference (Polygraphy), None when not compared.
+        raw: `RawComparison.to_dict()` or None.
+        det_agreement: IoU-matched detection agreement with the reference, None for the reference itself.
+        batch_consistent: the batch-consistency verdict, None when batches > 1 cannot be run.
+        passed: the gate verdict.
+        is_reference: this row is the reference.
+        notes: one-line remarks (latency caveats, why a check was skipped, why the row failed).
+    """
+
+    model: str
+    label: str
+    backend: str
+    precision: str
+    nms: str
+    metrics: Mapping[str, Any]
+    retained: float | None
+    delta_ap: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    max_abs_diff: float | None
+    raw: Mapping[str, Any] | None
+    det_agreement: float | None
+    batch_consistent: bool | None
+    passed: bool
+    is_reference: bool = False
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ARCHITECTURE.md keys first, then extras."""
+        m = self.metrics
+        d: dict[str, Any] = {
+            "model": self.model, "backend": self.backend, "precision": self.precision, "nms": self.nms,
+            "AP": float(m["AP"]), "AP50": float(m["AP50"]), "AP75": float(m["AP75"]), "retained": self.retained,
+            "latency_ms_p50": self.latency_ms_p50, "latency_ms_p99": self.latency_ms_p99,
+            "max_abs_diff": self.max_abs_diff, "det_agreement": self.det_agreement,
+            "batch_consistent": self.batch_consistent, "pass": self.passed,
+        }
+        d.update({
+            "label": self.label, "delta_AP": self.delta_ap, "is_reference": self.is_reference,
+            "notes": list(self.notes), "raw": self.raw,
+            "metrics": {k: v for k, v in m.items() if k != "pr_curves"},
+        })
+        return d
+
+
+@dataclass(frozen=True)
+class Report:
+    """The validation result; ``passed`` is False when any row fails the gate.
+
+    Attributes:
+        gate: minimum ``retained`` per precision.
+        reference: the reference's label, ``torch-fp32`` or e.g. ``ort-fp32``.
+        rows: one per model, the reference first.
+        skipped: ``{"model": path, "reason": one line}`` for models that could not run here (engines without
+            TensorRT/GPU).
+        images: number of images evaluated.
+        report_dir: where the files were written.
+    """
+
+    gate: Mapping[str, float]
+    reference: str
+    rows: tuple[Row, ...]
+    skipped: tuple[Mapping[str, str], ...] = ()
+    images: int = 0
+    report_dir: str = ""
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": dict(self.gate), "reference": self.reference, "rows": [r.to_dict() for r in self.rows],
+                "skipped": [dict(s) for s in self.skipped], "images": self.images, "passed": self.passed,
+                "files": dict(self.files)}
+
+    def table(self) -> list[list[str]]:
+        """Header + one line per row, formatted for printing (CLI and report.md share it)."""
+        head = ["model", "backend", "prec", "nms", "AP", "AP50", "ΔAP", "retained", "p50 ms", "p99 ms",
+                "raw max abs err", "det agree", "batch", "gate"]
+        lines = [head]
+        for r in self.rows:
+            gate = "REF" if r.is_reference else ("PASS" if r.passed else "FAIL")
+            lat_mark = "*" if TRT_INT8_NOTE in r.notes else ""
+            lines.append([
+                Path(r.model).name, r.backend, r.precision, r.nms, f"{float(r.metrics['AP']):.4f}",
+                f"{float(r.metrics['AP50']):.4f}", f"{r.delta_ap:+.4f}",
+                "-" if r.retained is None else f"{100 * r.retained:.2f}%",
+                f"{r.latency_ms_p50:.1f}{lat_mark}", f"{r.latency_ms_p99:.1f}{lat_mark}",
+                "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+                "-" if r.det_agreement is None else f"{r.det_agreement:.3f}",
+                "-" if r.batch_consistent is None else ("yes" if r.batch_consistent else "NO"), gate,
+            ])
+        return lines
+
+    def to_markdown(self) -> str:
+        t = self.table()
+        md = ["# retinaedge validation report", "",
+              f"Reference: **{self.reference}**. Gate (minimum % of the reference AP retained): "
+              + ", ".join(f"{k} ≥ {100 * v:.1f}%" for k, v in sorted(self.gate.items()))
+              + f". Images: {self.images}. Verdict: **{'PASS' if self.passed else 'FAIL'}**.", "",
+              "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
+        md += ["| " + " | ".join(line) + " |" for line in t[1:]]
+        md += ["", "Latency is per image (detector call time / images per call), this machine, this run. "
+                   "`*`: not representative of TensorRT (Q/DQ INT8 ONNX run on ORT for accuracy only).",
+               "Raw-output error is against the reference via Polygraphy's Comparator (reference second); "
+               "detections are matched by IoU and class, never by index.", ""]
+        for r in self.rows:
+            details = []
+            if r.raw is not None:
+                for name, o in r.raw["outputs"].items():
+                    details.append(
+                        f"`{name}`: max {o['max_abs']:.3e}, mean {o['mean_abs']:.3e}, median {o['median_abs']:.3e}, "
+                        f"p99 {o['p99_abs']:.3e}; minimum passing atol {o['min_atol']:.3e} / rtol {o['min_rtol']:.3e}"
+                    )
+            details += list(r.notes)
+            if details:
+                md.append(f"- **{r.label}**: " + "; ".join(details))
+        if self.skipped:
+            md += ["", "Skipped:"] + [f"- {s['model']}: {s['reason']}" for s in self.skipped]
+        if self.files:
+            md += ["", "Files: " + ", ".join(f"[{k}]({Path(v).name})" for k, v in self.files.items())]
+        return "\n".join(md) + "\n"
+
+
+@dataclass
+class _Evaluated:
+    runner: Runner
+    detections: dict[int, Detections]
+    metrics: dict[str, Any]
+    latencies_ms: list[float]
+    batch_consistent: bool | None
+    notes: list[str]
+
+
+def parse_gate(text: str) -> dict[str, float]:
+    """Parse ``fp16=0.999,int8=0.99`` (fractions, or percentages like ``int8=99``)."""
+    gate: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = float("nan")
+        if not sep or key not in ("fp32", "fp16", "int8") or not 0 < v <= 100:
+            raise InputError(f"gate entry {part!r} is not PRECISION=FRACTION with PRECISION in "
+                             "['fp32', 'fp16', 'int8']; e.g. --gate fp16=0.999,int8=0.99")
+        gate[key] = v / 100 if v > 1 else v
+    return gate
+
+
+def _runner_path(runner: Runner) -> str:
+    return str(getattr(runner, "path", None) or runner.name)
+
+
+def _target(runner: Runner) -> str | None:
+    """The export target from the ONNX metadata (``retinaedge.target``), when the runner exposes it."""
+    for attr in ("target", "metadata"):
+        value = getattr(runner, attr, None)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping) and "retinaedge.target" in value:
+            return str(value["retinaedge.target"])
+    path = getattr(runner, "path", None)
+    if path is not None and str(path).endswith(".onnx"):
+        try:
+            from retinaedge.runtime.models import read_onnx_metadata
+
+            meta = read_onnx_metadata(path)
+        except (RetinaEdgeError, ImportError, OSError):
+            return None
+        target = meta.get("retinaedge.target")
+        return None if target is None else str(target)
+    return None
+
+
+def _label(runner: Runner, taken: set[str]) -> str:
+    stem = Path(_runner_path(runner)).name
+    for suffix in (".onnx", ".engine", ".plan", ".pt"):
+        stem = stem.removesuffix(suffix)
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{runner.backend}-{stem}")
+    label, n = base, 2
+    while label in taken:
+        label, n = f"{base}-{n}", n + 1
+    taken.add(label)
+    return label
+
+
+def _load_images(gt: Any, image_dir: Path, max_images: int | None) -> tuple[list[int], list[np.ndarray]]:
+    ids = sorted(int(i) for i in gt.getImgIds())
+    if max_images is not None:
+        ids = ids[:max_images]
+    if not ids:
+        raise InputError("the annotation file lists no images; validate needs a non-empty val set")
+    images = []
+    for i in ids:
+        name = gt.imgs[i].get("file_name")
+        if not name:
+            raise InputError(f"image id {i} has no file_name in the annotation file")
+        images.append(load_image(image_dir / name))
+    return ids, images
+
+
+def _batch_consistency(detector: Detector, images: Sequence[np.ndarray], singles: Sequence[Detections],
+                       size: int) -> tuple[bool | None, str | None]:
+    """B copies of image 0 -> B identical results equal to its batch-1 result; a mixed batch -> each image's
+    batch-1 result. Returns (verdict, note)."""
+    size = min(size, len(images)) if len(images) > 1 else size
+    if size < 2:
+        return None, "batch consistency not checked: needs a batch of at least 2"
+    try:
+        same = detector([images[0]] * size)
+        mixed = detector(list(images[:size]))
+    except Exception as e:  # a fixed-batch model refuses B > 1: that is an answer, not a crash
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        return None, f"batch consistency not checked: batch {size} failed ({type(e).__name__}: {msg})"
+    ok = all(detections_consistent(d, singles[0]) for d in same)
+    ok = ok and all(detections_consistent(d, s) for d, s in zip(mixed, singles[:size], strict=True))
+    return ok, None if ok else f"batch inconsistent: batch {size} differs from batch 1"
+
+
+def _evaluate(runner: Runner, gt: Any, ids: Sequence[int], images: Sequence[np.ndarray], batch: int,
+              consistency_batch: int) -> _Evaluated:
+    detector = Detector(runner=runner)
+    spec = detector.spec
+    runner.activate()
+    dets: dict[int, Detections] = {}
+    lat: list[float] = []
+    detector(images[:1])  # warm-up (session/kernel set-up is not latency)
+    for i in range(0, len(images), batch):
+        chunk = list(images[i:i + batch])
+        t0 = time.perf_counter()
+        out = detector(chunk)
+        dt = (time.perf_counter() - t0) * 1000.0 / len(chunk)
+        lat.extend([dt] * len(chunk))
+        for image_id, d in zip(ids[i:i + batch], out, strict=True):
+            dets[image_id] = d
+    n = min(consistency_batch, len(images))
+    singles = [dets[i] for i in ids[:n]] if batch == 1 else [detector([im])[0] for im in images[:n]]
+    consistent, note = _batch_consistency(detector, images, singles, consistency_batch)
+    metrics = coco_evaluate(gt, dets, spec.category_ids, spec.class_names, pr_curves=True)
+    return _Evaluated(runner, dets, metrics, lat, consistent, [note] if note else [])
+
+
+def validate(
+    *,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    runners: Sequence[Runner],
+    reference: Runner | None,
+    report_dir: str | Path,
+    gate: Mapping[str, float] = DEFAULT_GATE,
+    batch: int = 1,
+    max_images: int | None = None,
+    raw_runners: Sequence[Runner | None] | None = None,
+    raw_reference: Runner | None = None,
+    compare_images: int = 8,
+    consistency_batch: int = 4,
+    agreement_iou: float = 0.5,
+    agreement_min_score: float = 0.3,
+    sample_images: int = 8,
+    skipped: Sequence[Mapping[str, str]] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Validate models against a reference on the same original images and write the report.
+
+    Args:
+        ann_file: COCO ground truth of the validation images.
+        image_dir: folder holding each image's ``file_name``.
+        runners: the models to validate (activated and deactivated here, one at a time).
+        reference: the FP32 reference (e.g. a torch runner); None -> the first FP32 entry of ``runners``.
+        report_dir: where ``report.json``, ``report.md``, ``pr_curves.png`` and the sample sheets go.
+        gate: minimum ``retained`` per precision (``fp32`` defaults to `FP32_GATE`).
+        batch: images per detector call.
+        max_images: evaluate only the first N images (by image id).
+        raw_runners: per entry of ``runners``, a runner returning raw ``cls_logits``/``box_deltas`` (e.g.
+            ``OrtRunner(path=..., raw=True)``) or None; enables the Polygraphy comparison.
+        raw_reference: the reference's raw-output runner.
+        compare_images: images used for the raw-output comparison.
+        consistency_batch: batch size of the batch-consistency check.
+        agreement_iou: IoU for detection agreement.
+        agreement_min_score: detections below this score are ignored for agreement (the low-score tail
+            is unstable across precisions and means little).
+        sample_images: images on each sample sheet.
+        skipped: models that could not be run, listed in the report.
+        progress: called with one-line status messages.
+
+    Returns:
+        The `Report`; ``report.passed`` is the overall gate verdict.
+
+    Raises:
+        InputError: no runners, no FP32 reference, bad arguments, or images that cannot be read.
+    """
+    say = progress or (lambda _msg: None)
+    if batch <= 0 or consistency_batch <= 0 or compare_images <= 0:
+        raise InputError(f"batch={batch}, consistency_batch={consistency_batch} and compare_images="
+                         f"{compare_images} must be positive")
+    if raw_runners is not None and len(raw_runners) != len(runners):
+        raise InputError(f"{len(raw_runners)} raw runners for {len(runners)} runners; pass one (or None) per runner")
+    for k in gate:
+        if k not in ("fp32", "fp16", "int8"):
+            raise InputError(f"gate key {k!r} is not a precision; allowed: ['fp32', 'fp16', 'int8']")
+    raw_list: list[Runner | None] = list(raw_runners) if raw_runners is not None else [None] * len(runners)
+    models = list(runners)
+    if reference is None:
+        fp32 = [i for i, r in enumerate(models) if r.precision == "fp32"]
+        if not fp32:
+            raise InputError(
+                f"no reference: none of {[r.name for r in models]} is FP32; pass --checkpoint for the torch "
+                "FP32 reference or include the FP32 model"
+            )
+        i = fp32[0]
+        reference, raw_reference = models.pop(i), raw_list.pop(i)
+    if reference is None:  # for the type checker; handled above
+        raise InputError("no reference runner")
+    out = ensure_writable_dir(report_dir)
+    gt = load_coco(ann_file)
+    ids, images = _load_images(gt, Path(image_dir), max_images)
+    say(f"{len(images)} images from {ann_file}")
+
+    all_runners = [reference, *models]
+    evaluated: list[_Evaluated] = []
+    for r in all_runners:
+        say(f"evaluating {r.name} ({r.backend} {r.precision})")
+        try:
+            evaluated.append(_evaluate(r, gt, ids, images, batch, consistency_batch))
+        finally:
+            r.deactivate()
+    ref_eval = evaluated[0]
+    ref_ap = float(ref_eval.metrics["AP"])
+    ref_label = f"{reference.backend}-{reference.precision}"
+
+    compare_batches = [preprocess_batch(list(images[i:i + batch]), reference.spec)[0]
+                       for i in range(0, min(compare_images, len(images)), batch)]
+    labels: set[str] = set()
+    rows = []
+    if raw_reference is not None and any(raw_list):
+        raw_reference.activate()  # once for all comparisons
+    for idx, ev in enumerate(evaluated):
+        r = ev.runner
+        is_ref = idx == 0
+        notes = list(ev.notes)
+        raw = None
+        raw_runner = raw_reference if is_ref else raw_list[idx - 1]
+        if not is_ref and raw_runner is not None and raw_reference is not None:
+            say(f"comparing raw outputs of {r.name} with {reference.name} (Polygraphy)")
+            try:
+                raw = compare_raw(raw_reference, raw_runner, compare_batches).to_dict()
+            except RetinaEdgeError as e:
+                notes.append(f"raw outputs not compared: {e}")
+            finally:
+                raw_runner.deactivate()
+        agreement = None
+        if not is_ref:
+            pooled = Agreement(0, 0, 0)
+            for image_id in ids:
+                pooled = pooled + match_detections(ev.detections[image_id], ref_eval.detections[image_id],
+                                                   agreement_iou, min_score=agreement_min_score)
+            agreement = pooled.agreement
+        ap = float(ev.metrics["AP"])
+        retained = 1.0 if is_ref else (ap / ref_ap if ref_ap > 0 else None)
+        threshold = gate.get(r.precision, FP32_GATE if r.precision == "fp32" else 1.0)
+        if is_ref:
+            passed = ev.batch_consistent is not False
+        elif retained is None:
+            passed = False
+            notes.append("reference AP is 0: the gate needs a trained model")
+        else:
+            passed = retained >= threshold and ev.batch_consistent is not False
+            if retained < threshold:
+                notes.append(f"retained {100 * retained:.2f}% < gate {100 * threshold:.2f}% for {r.precision}")
+        if r.precision == "int8" and r.backend == "ort" and _target(r) == "tensorrt":
+            notes.append(TRT_INT8_NOTE)
+        lat = np.asarray(ev.latencies_ms)
+        rows.append(Row(
+            model=_runner_path(r), label=_label(r, labels), backend=r.backend, precision=r.precision,
+            nms=r.spec.nms, metrics=ev.metrics, retained=retained, delta_ap=ap - ref_ap,
+            latency_ms_p50=float(np.percentile(lat, 50)), latency_ms_p99=float(np.percentile(lat, 99)),
+            max_abs_diff=None if raw is None else float(raw["max_abs"]), raw=raw, det_agreement=agreement,
+            batch_consistent=ev.batch_consistent, passed=passed, is_reference=is_ref, notes=tuple(notes),
+        ))
+    if raw_reference is not None:
+        raw_reference.deactivate()
+    files = {"report.json": str(out / "report.json"), "report.md": str(out / "report.md")}
+    files["pr_curves.png"] = _plot_pr(rows, out / "pr_curves.png")
+    for row, ev in zip(rows, evaluated, strict=True):
+        sheet = _sample_sheet(ev, images[:sample_images], ids[:sample_images], agreement_min_score)
+        name = f"samples_{row.label}.png"
+        atomic_write_bytes(out / name, sheet)
+        files[name] = str(out / name)
+    report = Report(gate=dict(gate), reference=ref_label if reference.backend != "torch" else "torch-fp32",
+                    rows=tuple(rows), skipped=tuple(skipped), images=len(images), report_dir=str(out), files=files)
+    atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "report.md", report.to_markdown())
+    return report
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sample_sheet(ev: _Evaluated, images: Sequence[np.ndarray], ids: Sequence[int], min_score: float) -> bytes:
+    names = ev.runner.spec.class_names
+    drawn = [draw_detections(im, ev.detections[i], names, min_score=min_score) for im, i in zip(images, ids,
+                                                                                              strict=True)]
+    titles = [f"id {i}: {int((ev.detections[i].scores >= min_score).sum())} det" for i in ids]
+    return _png(contact_sheet(drawn, titles=titles, columns=4, tile=256))
+
+
+def _plot_pr(rows: Sequence[Row], path: Path) -> str:
+    """Precision-recall at IoU 0.5 (area all, 100 dets), mean over classes with ground truth, one curve per model."""
+    matplotlib = require("matplotlib", purpose="the validation report's PR curves")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", purpose="the validation report's PR curves")
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for row in rows:
+        curves = row.metrics.get("pr_curves")
+        if not curves:
+            continue
+        recall = np.asarray(curves["recall"])
+        per_class = np.asarray(list(curves["AP50"].values()), dtype=np.float64).reshape(-1, len(recall))
+        valid = per_class[(per_class > -1).all(axis=1)]
+        if not len(valid):
+            continue
+        ax.plot(recall, valid.mean(axis=0), label=f"{row.label} (AP50 {float(row.metrics['AP50']):.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall at IoU 0.5 (mean over classes)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return str(path)

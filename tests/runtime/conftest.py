@@ -214,7 +214,7 @@ def oracle_onnx(path: Path, spec: DetectorSpec, *, precision: str = "fp32", shif
          helper.make_tensor_value_info("detection_classes", TensorProto.INT32, ["B", 2])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     meta = {"retinaedge.spec": spec.to_json(), "retinaedge.precision": precision, "retinaedge.nms": spec.nms,
             "retinaedge.target": "tensorrt"}
@@ -224,6 +224,86 @@ def oracle_onnx(path: Path, spec: DetectorSpec, *, precision: str = "fp32", shif
     onnx.save(model, str(path))
     spec.save(path.parent / "spec.json")
     return path
+
+
+PIPELINE_TINY = ["model.backbone=resnet18", "model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1",
+                 "model.gn_groups=4", "model.channels_last=false", "data.input_size=64", "anchors.strides=[8, 16]",
+                 "anchors.sizes=[12, 24]"]
+
+
+def build_pipeline(base: Path) -> dict[str, Path]:
+    """The real pipeline, minus training: a tiny random RetinaNet (train/model.py) made confident enough to detect
+    something, saved as a checkpoint, exported by export/ to ``model.fp32.onnx`` + ``model.fp16.onnx`` with
+    EfficientNMS, and a COCO-layout DATA dir whose ground truth is the torch model's own detections (score >= 0.3),
+    so AP, ΔAP and agreement are meaningful without training. Built once per session under ``base`` (shared by
+    tests/runtime and tests/cli through the ``done`` marker). Takes ~30-60 s on 2 cores.
+    """
+    out = base / "pipeline"
+    paths = {"root": out, "checkpoint": out / "ckpt.pt", "models": out / "models", "data": out / "data",
+             "fp32": out / "models" / "model.fp32.onnx", "fp16": out / "models" / "model.fp16.onnx"}
+    if (out / "done").exists():
+        return paths
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx_graphsurgeon")
+    from PIL import Image
+
+    from retinaedge.export.config import ExportConfig
+    from retinaedge.export.pipeline import export_model
+    from retinaedge.runtime.bench import synthetic_image
+    from retinaedge.runtime.runner import Detector
+    from retinaedge.train.checkpoint import save_checkpoint
+    from retinaedge.train.config import config_to_dict, load_config
+    from retinaedge.train.model import build_model
+    from retinaedge.train.torch_runner import TorchRunner
+
+    torch.set_num_threads(1)
+    config = load_config("edge", PIPELINE_TINY)
+    spec = DetectorSpec(class_names=("a", "b"), category_ids=(3, 8), input_height=64, input_width=64,
+                        anchors=AnchorSpec(strides=(8, 16), sizes=(12.0, 24.0)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(spec, config.model).eval()
+    with torch.no_grad():  # a random head scores ~prior everywhere; sharpen it so the images decide
+        for name, m in model.named_modules():
+            if name.endswith("cls_logits") and isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(25.0)
+                m.bias.fill_(-3.0)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(paths["checkpoint"], {
+        "model": model.state_dict(), "config": config_to_dict(config), "spec": spec.to_dict(), "epoch": 0,
+        "step": 0, "batch": 0, "elapsed_s": 0.0, "best_ap": -1.0, "optimizer": {}, "scaler": {}, "rng": {}})
+    # opset 18: the FPN's Resize has no opset-17 adapter in the dynamo exporter's version conversion
+    export_model(ExportConfig(checkpoint=paths["checkpoint"], out_dir=paths["models"], precisions=("fp32", "fp16"),
+                              nms="efficient", opset=18), echo=lambda _line: None)
+    val = paths["data"] / "val"
+    val.mkdir(parents=True)
+    (paths["data"] / "annotations").mkdir()
+    sizes = [(90, 70), (64, 64), (100, 60), (70, 96), (80, 80), (64, 120)]
+    images = [synthetic_image(h, w, seed=i) for i, (w, h) in enumerate(sizes)]
+    dets = Detector(runner=TorchRunner(checkpoint=paths["checkpoint"]))(images)
+    records, anns = [], []
+    for i, (im, d) in enumerate(zip(images, dets, strict=True)):
+        name = f"val_{i:02d}.png"
+        Image.fromarray(im).save(val / name)
+        records.append({"id": i + 1, "file_name": name, "height": im.shape[0], "width": im.shape[1]})
+        for b, sc, c in zip(d.boxes.tolist(), d.scores.tolist(), d.classes.tolist(), strict=True):
+            if sc >= 0.3:
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": spec.category_ids[c],
+                             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
+                             "iscrowd": 0})
+    if len(anns) < 6:
+        raise RuntimeError(f"the sharpened random model made only {len(anns)} confident detections")
+    cats = [{"id": c, "name": n} for c, n in zip(spec.category_ids, spec.class_names, strict=True)]
+    (paths["data"] / "annotations" / "instances_val.json").write_text(
+        json.dumps({"images": records, "annotations": anns, "categories": cats}))
+    (out / "done").write_text("ok\n")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`build_pipeline` under this session's base temp dir."""
+    return build_pipeline(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

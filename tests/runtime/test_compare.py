@@ -133,6 +133,15 @@ def test_agreement_is_matched_over_the_larger_set():
     assert match_detections(A, Detections.empty()).agreement == 0.0
 
 
+def test_identical_degenerate_boxes_match():
+    """Boxes entirely in the letterbox padding clip to zero area: the same box on both sides still matches."""
+    a = d([[0, 0, 10, 10], [64, 5, 64, 9]], [0.9, 0.4], [0, 1])
+    assert match_detections(a, a, 0.9).matched == 2
+    assert detections_consistent(a, a)
+    assert match_detections(a, d([[0, 0, 10, 10], [64, 5, 64.0001, 9]], [0.9, 0.4], [0, 1])).matched == 2
+    assert match_detections(a, d([[0, 0, 10, 10], [64, 5, 64, 8]], [0.9, 0.4], [0, 1])).matched == 1
+
+
 def test_one_to_one_matching_two_candidates_for_one_box():
     a = d([[0, 0, 10, 10], [0, 0, 10, 11]], [0.9, 0.8], [0, 0])
     b = d([[0, 0, 10, 10]], [0.9], [0])

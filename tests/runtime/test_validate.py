@@ -1,0 +1,201 @@
+"""validate(): rows, gate, report files and their keys, with oracle runners on a lossless image set."""
+
+import json
+
+import numpy as np
+import pytest
+
+from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.validate import ROW_KEYS, TRT_INT8_NOTE, parse_gate, validate
+
+pytest.importorskip("pycocotools")
+pytest.importorskip("matplotlib")
+
+REPORT_KEYS = {"gate", "reference", "rows"}
+
+
+def run(square_data, tmp_path, runners, reference=None, **kw):
+    return validate(ann_file=square_data / "annotations" / "instances_val.json", image_dir=square_data / "val",
+                    runners=runners, reference=reference, report_dir=tmp_path / "report", **kw)
+
+
+def test_report_files_keys_and_a_passing_gate(square_data, squares, tmp_path):
+    ref = squares.OracleRunner(name="torch-fp32", precision="fp32")
+    ref.backend = "torch"
+    fp16 = squares.OracleRunner(name="model.fp16.onnx", precision="fp16")
+    report = run(square_data, tmp_path, [fp16], reference=ref)
+    out = tmp_path / "report"
+    data = json.loads((out / "report.json").read_text())
+    assert set(data) >= REPORT_KEYS
+    assert data["gate"] == {"fp16": 0.999, "int8": 0.99} and data["reference"] == "torch-fp32"
+    for row in data["rows"]:
+        assert list(row)[: len(ROW_KEYS)] == list(ROW_KEYS)  # the stable keys, in order; extras after
+    ref_row, row = data["rows"]
+    assert (ref_row["backend"], ref_row["precision"], ref_row["retained"], ref_row["pass"]) == ("torch", "fp32",
+                                                                                                  1.0, True)
+    assert ref_row["max_abs_diff"] is None and ref_row["det_agreement"] is None
+    assert row["AP50"] == pytest.approx(1.0) and row["retained"] == pytest.approx(1.0)
+    assert row["det_agreement"] == 1.0 and row["batch_consistent"] is True and row["pass"] is True
+    assert row["nms"] == "efficient" and row["latency_ms_p99"] >= row["latency_ms_p50"] > 0
+    assert report.passed and data["passed"] is True
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "pr_curves.png", "samples_torch-torch-fp32.png",
+            "samples_ort-model.fp16.png"} <= names
+    from PIL import Image
+
+    with Image.open(out / "pr_curves.png") as im:
+        assert im.size[0] > 100
+    md = (out / "report.md").read_text()
+    assert "| model.fp16.onnx | ort | fp16 |" in md and "PASS" in md
+
+
+def test_degraded_model_fails_the_gate(square_data, squares, tmp_path):
+    good = squares.OracleRunner(name="fp32", precision="fp32")
+    shifted = squares.OracleRunner(name="fp16-shifted", precision="fp16", shift=6.0)  # IoU < 0.5 on every image
+    half_missing = squares.OracleRunner(name="int8-misses", precision="int8", drop_class=1)
+    report = run(square_data, tmp_path, [good, shifted, half_missing])
+    rows = {r.model: r for r in report.rows}
+    assert report.reference == "ort-fp32" and rows["fp32"].is_reference
+    assert not report.passed
+    assert rows["fp16-shifted"].retained < 0.999 and not rows["fp16-shifted"].passed
+    assert rows["fp16-shifted"].det_agreement < 1.0
+    miss = rows["int8-misses"]
+    assert miss.det_agreement == pytest.approx(0.5)  # one of two objects per image matched
+    assert miss.metrics["per_class_AP"]["green"] == 0.0 and not miss.passed
+    assert any("< gate 99.00% for int8" in n for n in miss.notes)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["pass"] for r in data["rows"]] == [True, False, False]
+
+
+def test_gate_is_configurable_and_fp32_rows_are_gated_too(square_data, squares, tmp_path):
+    ref = squares.OracleRunner(name="ref", precision="fp32")
+    other32 = squares.OracleRunner(name="other-fp32", precision="fp32", drop_class=1)
+    loose = squares.OracleRunner(name="int8", precision="int8", drop_class=1)
+    report = run(square_data, tmp_path, [other32, loose], reference=ref, gate={"int8": 0.3})
+    rows = {r.model: r for r in report.rows}
+    assert 0.3 < rows["int8"].retained < 0.99 and rows["int8"].passed
+    assert not rows["other-fp32"].passed  # fp32 gate defaults to 0.999
+
+
+def test_batch_cross_talk_is_caught(square_data, squares, tmp_path):
+    class CrossTalk(squares.OracleRunner):
+        """Image i>0 of a batch sees image 0's boxes: the dynamic-batch bug class seen in the field."""
+
+        def infer_impl(self, batch):
+            out = super().infer_impl(batch)
+            out["detection_boxes"][1:] = out["detection_boxes"][:1]
+            return out
+
+    report = run(square_data, tmp_path, [squares.OracleRunner(name="ref"), CrossTalk(name="bad", precision="fp16")])
+    bad = report.rows[1]
+    assert bad.batch_consistent is False and not bad.passed
+    assert bad.retained == pytest.approx(1.0)  # batch-1 accuracy is fine: only the batch check catches it
+    assert any("batch inconsistent" in n for n in bad.notes)
+
+
+def test_fixed_batch_model_is_not_judged_on_batches(square_data, squares, tmp_path):
+    report = run(square_data, tmp_path, [squares.OracleRunner(name="ref"),
+                                         squares.OracleRunner(name="b1", precision="fp16", max_batch=1)])
+    row = report.rows[1]
+    assert row.batch_consistent is None and row.passed
+    assert any("batch consistency not checked" in n for n in row.notes)
+
+
+def test_batched_evaluation_equals_batch_one(square_data, squares, tmp_path):
+    a = run(square_data, tmp_path / "a", [squares.OracleRunner(name="ref")])
+    b = run(square_data, tmp_path / "b", [squares.OracleRunner(name="ref")], batch=3)
+    assert a.rows[0].metrics["AP"] == b.rows[0].metrics["AP"] > 0.5
+
+
+def test_trt_int8_latency_is_marked(square_data, squares, tmp_path):
+    int8 = squares.OracleRunner(name="model.int8.onnx", precision="int8")
+    int8.target = "tensorrt"
+    cpu = squares.OracleRunner(name="model.int8-cpu.onnx", precision="int8")
+    cpu.target = "cpu"
+    report = run(square_data, tmp_path, [squares.OracleRunner(name="ref"), int8, cpu])
+    assert TRT_INT8_NOTE in report.rows[1].notes and TRT_INT8_NOTE not in report.rows[2].notes
+    assert "not representative of TensorRT" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_reference_with_zero_ap_makes_the_gate_undefined(square_data, squares, tmp_path):
+    blind = squares.OracleRunner(name="blind", shift=40.0)
+    report = run(square_data, tmp_path, [blind, squares.OracleRunner(name="fp16", precision="fp16")])
+    assert report.rows[0].metrics["AP"] == 0.0
+    assert report.rows[1].retained is None and not report.rows[1].passed
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["rows"][1]["retained"] is None
+
+
+def test_raw_comparison_rows(square_data, squares, tmp_path):
+    from retinaedge.runtime.runner import Runner
+
+    class Raw(Runner):
+        backend, precision = "ort", "fp32"
+
+        def __init__(self, name, noise):
+            super().__init__()
+            self.spec, self.name, self.noise = squares.tiny_spec(), name, noise
+
+        def activate_impl(self):
+            pass
+
+        def deactivate_impl(self):
+            pass
+
+        def infer_impl(self, batch):
+            n = self.spec.num_anchors
+            base = np.linspace(-5, 5, n * 2, dtype=np.float32).reshape(1, n, 2).repeat(batch.shape[0], 0)
+            return {"cls_logits": base + self.noise, "box_deltas": np.zeros((batch.shape[0], n, 4), np.float32)}
+
+    report = run(square_data, tmp_path, [squares.OracleRunner(name="ref"),
+                                         squares.OracleRunner(name="fp16", precision="fp16")],
+                 raw_runners=[Raw("ref-raw", 0.0), Raw("fp16-raw", 0.02)], compare_images=4)
+    row = report.rows[1]
+    assert row.max_abs_diff == pytest.approx(0.02, rel=1e-4)
+    assert row.raw["outputs"]["cls_logits"]["min_atol"] == pytest.approx(0.02, rel=1e-4)
+    assert report.rows[0].max_abs_diff is None
+    assert "minimum passing atol" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_argument_errors(square_data, squares, tmp_path):
+    with pytest.raises(InputError, match=r"none of .* is FP32"):
+        run(square_data, tmp_path, [squares.OracleRunner(name="x", precision="fp16")])
+    with pytest.raises(InputError, match="gate key 'fp8'"):
+        run(square_data, tmp_path, [squares.OracleRunner()], gate={"fp8": 0.9})
+
+
+def test_parse_gate():
+    assert parse_gate("fp16=0.999,int8=99") == {"fp16": 0.999, "int8": 0.99}
+    for bad in ("fp16", "fp8=0.9", "int8=abc", "int8=0"):
+        with pytest.raises(InputError, match="PRECISION=FRACTION"):
+            parse_gate(bad)
+
+
+def test_real_pipeline_torch_reference_vs_exported_onnx(pipeline, tmp_path):
+    """Torch FP32 checkpoint as the reference, the exported FP32/FP16 EfficientNMS graphs on ORT (plugin emulated),
+    raw heads compared through Polygraphy; ground truth = the torch model's confident detections."""
+    from retinaedge.runtime.ort_runner import OrtRunner
+    from retinaedge.train.torch_runner import TorchRunner
+
+    ckpt = pipeline["checkpoint"]
+    files = [pipeline["fp32"], pipeline["fp16"]]
+    report = validate(
+        ann_file=pipeline["data"] / "annotations" / "instances_val.json", image_dir=pipeline["data"] / "val",
+        runners=[OrtRunner(path=f) for f in files], reference=TorchRunner(checkpoint=ckpt),
+        raw_runners=[OrtRunner(path=f, raw=True) for f in files], raw_reference=TorchRunner(checkpoint=ckpt, raw=True),
+        report_dir=tmp_path, compare_images=4,
+    )
+    ref, fp32, fp16 = report.rows
+    assert report.reference == "torch-fp32" and ref.backend == "torch" and ref.metrics["AP50"] > 0.9
+    assert (fp32.backend, fp32.precision, fp32.nms) == ("ort", "fp32", "efficient")
+    assert fp32.max_abs_diff is not None and fp32.max_abs_diff <= 1e-3
+    assert fp32.raw["outputs"]["cls_logits"]["min_atol"] == pytest.approx(
+        fp32.raw["outputs"]["cls_logits"]["max_abs"], rel=1e-6)
+    # not 1.0: torch clips boxes to the input before NMS, EfficientNMS does not (TENSORRT.md), so a few
+    # border boxes survive NMS on one side only
+    assert fp32.det_agreement >= 0.9 and fp32.retained >= 0.97 and fp32.batch_consistent is True
+    assert fp16.precision == "fp16" and fp16.max_abs_diff is not None and fp16.max_abs_diff > fp32.max_abs_diff
+    assert fp16.batch_consistent is not False
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [r["backend"] for r in data["rows"]] == ["torch", "ort", "ort"]
+    assert data["rows"][1]["model"] == str(pipeline["fp32"])
