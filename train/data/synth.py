@@ -10,7 +10,7 @@ What an image holds, and why:
 
 * **Objects** are *filled* shapes of five classes (`CATEGORIES`): circle, square, triangle, star, cross, with
   small random rotations and aspect changes. Sizes run from 8 px to half the image side, drawn from a mix
-  that favours small objects (about 55 % are 8..24 px, 35 % 24..S/4, 10 % S/4..S/2): most anchors see
+  that favours small objects (by default 50 % are 8..24 px, 38 % 24..S/4, 12 % S/4..S/2): most anchors see
   background, the foreground/background imbalance focal loss exists for.
 * **Distractors** that are not objects: *hollow* outlines of the same five shapes, circle segments of at most
   half a circle, elongated ellipses and bars, irregular spiky blobs, lines, speckles and text-like
@@ -73,6 +73,8 @@ class SynthConfig:
         min_visible: fraction of an object's pixels that must stay visible.
         size_jitter: each image side is ``size * U(size_jitter)``.
         min_object: smallest object side in pixels.
+        size_mix: fractions of small (``min_object .. 3 min_object``), medium (``.. S/4``) and large
+            (``.. S/2``) objects; sides are log-uniform within each band.
         jpeg_quality: JPEG quality of the written images.
         noise: range of the per-pixel Gaussian noise sigma (0..255 scale).
     """
@@ -83,6 +85,7 @@ class SynthConfig:
     min_visible: float = 0.6
     size_jitter: tuple[float, float] = (0.75, 1.25)
     min_object: int = 8
+    size_mix: tuple[float, float, float] = (0.5, 0.38, 0.12)
     jpeg_quality: int = 90
     noise: tuple[float, float] = (2.0, 8.0)
 
@@ -99,6 +102,8 @@ class SynthConfig:
         lo, hi = self.size_jitter
         if not 0 < lo <= hi:
             raise InputError(f"SynthConfig.size_jitter={self.size_jitter!r} must satisfy 0 < lo <= hi")
+        if len(self.size_mix) != 3 or min(self.size_mix) < 0 or not math.isclose(sum(self.size_mix), 1.0):
+            raise InputError(f"SynthConfig.size_mix={self.size_mix!r} must be 3 non-negative fractions summing to 1")
         if self.min_object < 4:
             raise InputError(f"SynthConfig.min_object={self.min_object!r} must be >= 4 pixels")
         if not 1 <= self.jpeg_quality <= 100:
@@ -255,9 +260,10 @@ def _object_size(rng: np.random.Generator, side: int, cfg: SynthConfig) -> float
     small, medium, big = float(cfg.min_object), max(cfg.min_object + 1.0, 3 * cfg.min_object), side / 4
     half = side / 2
     u = rng.random()
-    if u < 0.55:
+    p_small, p_medium, _ = cfg.size_mix
+    if u < p_small:
         lo, hi = small, medium
-    elif u < 0.9:
+    elif u < p_small + p_medium:
         lo, hi = medium, max(medium + 1.0, big)
     else:
         lo, hi = max(medium + 1.0, big), max(medium + 2.0, half)

@@ -122,3 +122,5 @@ def test_bad_arguments(tmp_path, kw, msg):
 def test_config_validation():
     with pytest.raises(InputError, match=r"min_visible=0.4 must be in \(0.5, 1\]"):
         SynthConfig(min_visible=0.4)
+    with pytest.raises(InputError, match=r"size_mix=\(0.5, 0.5, 0.5\) must be 3 non-negative fractions summing to 1"):
+        SynthConfig(size_mix=(0.5, 0.5, 0.5))
