@@ -206,8 +206,8 @@ def _rng_preserved() -> Iterator[None]:
 
 
 @contextmanager
-def _sigint_stops(flag: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: finish the step, evaluate and save (like a time budget). Second: interrupt at once."""
+def _signals_stop(flag: threading.Event) -> Iterator[None]:
+    """First Ctrl-C or SIGTERM: finish the step, evaluate and save (like a time budget). Second: interrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -217,11 +217,12 @@ def _sigint_stops(flag: threading.Event) -> Iterator[None]:
             raise KeyboardInterrupt
         flag.set()
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -296,8 +297,6 @@ class Trainer:
 
     def _check_out(self) -> None:
         last = self.out / LAST
-        if self.resume and not last.is_file():
-            raise InputError(f"--resume: {str(last)!r} does not exist; nothing to resume in {str(self.out)!r}")
         if not self.resume and last.exists():
             raise InputError(
                 f"{str(self.out)!r} already holds a run ({LAST}); pass --resume to continue it or choose another --out"
@@ -327,7 +326,7 @@ class Trainer:
         cfg = self.config
         ensure_writable_dir(self.out)
         self._check_out()
-        ckpt = self._load_resume() if self.resume else None
+        ckpt = self._load_resume() if self.resume and (self.out / LAST).is_file() else None
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
@@ -438,7 +437,10 @@ class Trainer:
 
         rep = _Reporter(total=total_steps, log=self.log, live=self.progress)
         try:
-            with rep, _sigint_stops(stop_flag):
+            with rep, _signals_stop(stop_flag):
+                if self.resume and ckpt is None:
+                    rep.message(f"--resume: no {LAST} in {self.out} (killed before the first epoch ended?); "
+                                "starting from scratch")
                 if ckpt is not None:
                     rep.message(f"resumed from {self.out / LAST}: epoch {epoch} step {step}"
                                 + (f"; changed {ckpt['_changed']}" if ckpt["_changed"] else ""))
@@ -450,6 +452,8 @@ class Trainer:
                             f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
                             + (f", budget {cfg.time_budget_min:g} min" if budget_s else ""))
                 model.train()
+                if ckpt is not None and budget_s and elapsed() >= budget_s:  # resumed with its budget spent
+                    stop_reason = f"time budget of {cfg.time_budget_min:g} min already used"
                 while epoch < cfg.epochs and not stop_reason:
                     it = iter(loader_for(epoch))
                     for _ in range(batch_in_epoch):  # resume mid-epoch: replay the same order, skip done batches
@@ -513,7 +517,7 @@ class Trainer:
                         elif self.stop_after_steps is not None and step >= self.stop_after_steps:
                             stop_reason = f"stopped after {step} steps"
                         elif stop_flag.is_set():
-                            stop_reason = "interrupted (Ctrl-C)"
+                            stop_reason = "interrupted (SIGINT/SIGTERM)"
                         if stop_reason:
                             break
                     if batch_in_epoch >= steps_per_epoch:

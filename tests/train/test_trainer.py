@@ -138,6 +138,30 @@ def test_time_budget_stops_after_the_step_then_evaluates_and_saves(data: Path, t
     assert set(STAT_NAMES) <= set(m)
     assert _state(out / "ckpt_last.pt")["step"] == 1
     assert json.loads((out / "metrics.json").read_text())["step"] == 1
+    again = train(tiny("time_budget_min=1e-9"), data=data, out=out, log=_quiet, progress=False, resume=True)
+    assert again["step"] == 1 and "already used" in again["stopped"]  # a spent budget trains no further
+
+
+def test_sigterm_stops_cleanly_after_the_step(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from retinaedge.train.losses import RetinaNetLoss
+
+    real = RetinaNetLoss.__call__
+    calls = []
+
+    def signalled(self, outputs, targets):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step
+        return real(self, outputs, targets)
+
+    monkeypatch.setattr(RetinaNetLoss, "__call__", signalled)
+    out = tmp_path / "term"
+    m = train(tiny(), data=data, out=out, log=_quiet, progress=False)
+    assert m["step"] == 2 and "interrupted" in m["stopped"]
+    assert _state(out / "ckpt_last.pt")["step"] == 2 and (out / "metrics.json").is_file()
 
 
 def test_non_finite_loss_names_step_and_image_ids(data: Path, tmp_path: Path,
@@ -163,9 +187,10 @@ def test_non_finite_loss_names_step_and_image_ids(data: Path, tmp_path: Path,
 
 def test_out_dir_guard_and_resume_checks(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    with pytest.raises(InputError, match="nothing to resume"):
-        train(tiny(), data=data, out=out, resume=True, log=_quiet, progress=False)
-    train(tiny(), data=data, out=out, log=_quiet, progress=False, stop_after_steps=1)
+    msgs: list[str] = []
+    # --resume without a checkpoint (killed before the first epoch ended) starts from scratch
+    m = train(tiny(), data=data, out=out, resume=True, log=msgs.append, progress=False, stop_after_steps=1)
+    assert m["step"] == 1 and any("starting from scratch" in s for s in msgs)
     with pytest.raises(InputError, match="already holds a run"):
         train(tiny(), data=data, out=out, log=_quiet, progress=False)
     with pytest.raises(InputError, match=r"changed \['model\.head_channels'\]"):
