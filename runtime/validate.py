@@ -410,14 +410,20 @@ def validate(
                        for i in range(0, min(compare_images, len(images)), batch)]
     labels: set[str] = set()
     rows = []
+    raw_note = None
     if raw_reference is not None and any(raw_list):
-        raw_reference.activate()  # once for all comparisons
+        try:
+            raw_reference.activate()  # once for all comparisons
+        except RetinaEdgeError as e:
+            raw_note, raw_reference = f"raw outputs not compared: the reference has none ({e})", None
     for idx, ev in enumerate(evaluated):
         r = ev.runner
         is_ref = idx == 0
         notes = list(ev.notes)
         raw = None
         raw_runner = raw_reference if is_ref else raw_list[idx - 1]
+        if not is_ref and raw_note is not None:
+            notes.append(raw_note)
         if not is_ref and raw_runner is not None and raw_reference is not None:
             say(f"comparing raw outputs of {r.name} with {reference.name} (Polygraphy)")
             try:

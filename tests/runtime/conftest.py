@@ -323,15 +323,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "height": height, "fps": 10}
 
 
-@pytest.fixture(scope="session")
-def square_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A COCO-layout DATA dir (``annotations/instances_val.json``, ``val/*.png``): 8 lossless images of
+def write_square_data(d: Path) -> Path:
+    """A COCO-layout DATA dir (``annotations/instances_val.json``, ``val/*.png``) in ``d``: 8 lossless images of
     different sizes, so letterboxing and the mapping back to original pixels are exercised.
     """
     from PIL import Image
 
-    d = tmp_path_factory.mktemp("squares")
-    (d / "val").mkdir()
+    (d / "val").mkdir(parents=True)
     (d / "annotations").mkdir()
     sizes = [(80, 64), (64, 96), (100, 70), (64, 64)] * 2
     gts, names = [], []
@@ -346,6 +344,12 @@ def square_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         im["width"], im["height"] = w, h
     (d / "annotations" / "instances_val.json").write_text(json.dumps(data))
     return d
+
+
+@pytest.fixture(scope="session")
+def square_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`write_square_data` once per session."""
+    return write_square_data(tmp_path_factory.mktemp("squares"))
 
 
 @pytest.fixture(scope="session")

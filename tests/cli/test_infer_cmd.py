@@ -1,0 +1,122 @@
+"""``retinaedge infer`` on image folders and videos with .onnx models; never imports torch."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retinaedge.cli import main
+
+av = pytest.importorskip("av")
+pytest.importorskip("onnxruntime")
+
+
+def _helpers():
+    """tests/runtime/conftest.py's helpers (oracle ONNX, synthetic scenes), loaded under a unique name."""
+    name = "retinaedge_tests_runtime_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "runtime" / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+H = _helpers()
+
+
+@pytest.fixture(scope="module")
+def oracle_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("oracle")
+    return H.oracle_onnx(d / "model.fp32.onnx", H.tiny_spec())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return H.write_square_data(tmp_path_factory.mktemp("squares"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    H.write_clip(path, 20)
+    return path
+
+
+def test_image_folder(oracle_model, data, tmp_path, capsys):
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(data / "val"), "--out", str(tmp_path),
+               "--batch", "3", "--quiet"])
+    assert rc == 0
+    lines = [json.loads(x) for x in (tmp_path / "detections.jsonl").read_text().splitlines()]
+    gt = json.loads((data / "annotations" / "instances_val.json").read_text())
+    assert [r["file"] for r in lines] == sorted(im["file_name"] for im in gt["images"])
+    first = gt["images"][0]
+    boxes = sorted(a["bbox"] for a in gt["annotations"] if a["image_id"] == first["id"])
+    found = sorted([d["bbox"][0], d["bbox"][1], d["bbox"][2] - d["bbox"][0], d["bbox"][3] - d["bbox"][1]]
+                   for d in lines[0]["detections"])
+    np.testing.assert_allclose(found, boxes, atol=2.0)  # original-image pixels, not network pixels
+    assert len(list((tmp_path / "annotated").glob("*.jpg"))) == len(lines)
+    assert "images in" in capsys.readouterr().err
+
+
+def test_video(oracle_model, clip, tmp_path):
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(clip), "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["status"] == "ok" and stats["frames_written"] == 20
+    with av.open(str(tmp_path / "annotated.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 20
+
+
+def test_corrupt_video_exits_1_with_a_one_line_warning(oracle_model, tmp_path, capsys, rng):
+    src = tmp_path / "clip.mp4"
+    H.write_clip(src, 40)
+    with av.open(str(src)) as c:
+        pos = [p.pos for p in c.demux(video=0) if p.size][20]
+    data = bytearray(src.read_bytes())
+    data[pos:pos + 1500] = rng.integers(0, 256, 1500, dtype=np.uint8).tobytes()
+    src.write_bytes(bytes(data))
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(src), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    warning = [ln for ln in err if "warning" in ln]
+    assert len(warning) == 1 and "stream broke after" in warning[0] and "wrote" in warning[0]
+
+
+def test_missing_source_is_a_one_line_error(oracle_model, tmp_path, capsys):
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(tmp_path / "nope.mp4"), "--out", str(tmp_path)])
+    assert rc == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+NO_TORCH = textwrap.dedent("""
+    import json, sys
+    if {block}:
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        sys.modules["torchvision"] = None
+    from retinaedge.cli import main
+    rc = [main(["infer", "--model", {model!r}, "--source", {video!r}, "--out", {out!r} + "/v", "--quiet"]),
+          main(["infer", "--model", {model!r}, "--source", {images!r}, "--out", {out!r} + "/i", "--quiet"])]
+    loaded = sorted(m for m, v in sys.modules.items() if m.split(".")[0] in ("torch", "torchvision") and v)
+    print(json.dumps({{"rc": rc, "torch_modules": loaded}}))
+""")
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["torch-installed", "torch-blocked"])
+def test_infer_never_imports_torch(block, tmp_path_factory, clip, data, tmp_path):
+    """With the real exported graph (EfficientNMS emulated on CPU): torch is never imported, and infer works
+    where torch cannot be imported at all."""
+    pipeline = H.build_pipeline(tmp_path_factory.getbasetemp())
+    code = NO_TORCH.format(block=block, model=str(pipeline["fp32"]), video=str(clip), images=str(data / "val"),
+                           out=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"rc": [0, 0], "torch_modules": []}
+    assert (tmp_path / "v" / "annotated.mp4").is_file() and (tmp_path / "i" / "detections.jsonl").is_file()
