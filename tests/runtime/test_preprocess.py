@@ -74,3 +74,14 @@ def test_atomic_write_and_unwritable_dir(tmp_path):
     with pytest.raises(InputError, match="is not writable"):
         ensure_writable_dir(p / "sub")  # a file in the way (root ignores chmod, so this is the portable case)
     assert sha256_strings(["a", "b"]) != sha256_strings(["ab"])
+
+
+def test_atomic_write_uses_umask_mode(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "m.txt"
+    atomic_write_text(p, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
