@@ -9,7 +9,7 @@ import argparse
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "validate",
         help="accuracy vs precision: AP, ΔAP, raw-output error, agreement, batch consistency, gate",
@@ -52,6 +52,7 @@ def find_models(entries: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from rich.console import Console
@@ -59,14 +60,17 @@ def run(args: argparse.Namespace) -> int:
 
     from retinaedge.runtime.errors import RetinaEdgeError
     from retinaedge.runtime.models import load_runner
+    from retinaedge.runtime.runner import Runner
     from retinaedge.runtime.validate import DEFAULT_GATE, parse_gate, validate
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs and pipes
     gate = parse_gate(args.gate) if args.gate else dict(DEFAULT_GATE)
     data = Path(args.data)
     ann = Path(args.val_ann) if args.val_ann else data / "annotations" / "instances_val.json"
     images = Path(args.val_images) if args.val_images else data / "val"
-    runners, raws, skipped = [], [], []
+    runners: list[Runner] = []
+    raws: list[Runner | None] = []
+    skipped: list[dict[str, str]] = []
     for path in find_models(args.models):
         is_engine = path.endswith(ENGINE_SUFFIXES)
         kwargs = {} if is_engine or not args.threads else {"threads": args.threads}
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         runners.append(runner)
         raws.append(None if is_engine else load_runner(path, raw=True, **kwargs))
-    reference = raw_reference = None
+    reference: Runner | None = None
+    raw_reference: Runner | None = None
     if args.checkpoint:
         from retinaedge.train.torch_runner import TorchRunner  # the CLI, not runtime/, may import torch
 
