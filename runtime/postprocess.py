@@ -21,6 +21,7 @@ because padded slots are zeros.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -130,18 +131,30 @@ def raw_to_detection_outputs(
             f"(B, {n}, 4); use the spec the model was exported with"
         )
     clamp = np.float32(spec.box_coding.clamp)
-    if deltas.size and float(deltas[..., 2:].max()) > clamp:
+    # the whole-array max is contiguous (fast); only if it exceeds the clamp look at dw/dh
+    if deltas.size and float(deltas.max()) > clamp and float(deltas[..., 2:].max()) > clamp:
         deltas = deltas.copy()
         np.minimum(deltas[..., 2:], clamp, out=deltas[..., 2:])
     pp = spec.postprocess
     num, boxes, scores, classes = efficient_nms(
-        deltas, logits, spec.anchors_cxcywh()[None],
+        deltas, logits, anchors_cxcywh(spec),
         score_threshold=pp.score_threshold, iou_threshold=pp.iou_threshold, max_output_boxes=pp.max_detections,
         class_agnostic=pp.class_agnostic, score_activation=True, box_coding=1,
     )
     io = spec.io
     return {io.num_detections: num, io.detection_boxes: boxes, io.detection_scores: scores,
             io.detection_classes: classes}
+
+
+@functools.lru_cache(maxsize=8)
+def anchors_cxcywh(spec: DetectorSpec) -> np.ndarray:
+    """The spec's anchors as EfficientNMS_TRT's anchors input: (1, N, 4) float32 ``(cx, cy, w, h)``, read-only.
+
+    Cached per spec: generating them costs more than the whole NMS of a trained model's outputs.
+    """
+    anchors = spec.anchors_cxcywh()[None]
+    anchors.flags.writeable = False
+    return anchors
 
 
 def _check_batch(b: int, metas: Sequence[Letterbox]) -> None:

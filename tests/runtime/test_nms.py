@@ -78,11 +78,12 @@ def _check_against_torchvision(boxes, scores, *, thr, iou, k, agnostic):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("agnostic", [False, True])
-def test_random_boxes_match_torchvision(seed, agnostic):
+@pytest.mark.parametrize("k", [5, 100])
+def test_random_boxes_match_torchvision(seed, agnostic, k):
     rng = np.random.default_rng(seed)
     boxes = _random_boxes(rng, 300)
     scores = rng.uniform(0, 1, (300, 3)).astype(np.float32)
-    _check_against_torchvision(boxes, scores, thr=0.3, iou=0.5, k=100, agnostic=agnostic)
+    _check_against_torchvision(boxes, scores, thr=0.3, iou=0.5, k=k, agnostic=agnostic)
 
 
 def test_many_candidates_cross_windows_and_match_torchvision():
@@ -94,13 +95,17 @@ def test_many_candidates_cross_windows_and_match_torchvision():
     _check_against_torchvision(boxes, scores, thr=0.01, iou=0.4, k=1200, agnostic=True)
 
 
-@pytest.mark.parametrize("call_cost", [0.0, 1e12])
-def test_shared_matrix_and_class_by_class_paths_agree(monkeypatch, call_cost):
+@pytest.mark.parametrize("class_by_class", [False, True])
+@pytest.mark.parametrize("rounds", [0, 1, 6])
+def test_all_nms_paths_agree(monkeypatch, class_by_class, rounds):
+    """Class by class vs one class-masked matrix; vectorised settling rounds vs the ordered walk."""
     rng = np.random.default_rng(4)
     boxes = _random_boxes(rng, 400, size=150.0)
     scores = rng.uniform(0, 1, (400, 4)).astype(np.float32)
-    monkeypatch.setattr(nms_mod, "_CALL_COST", call_cost)  # 0: always per class; huge: always one matrix
+    monkeypatch.setattr(nms_mod, "_class_by_class_is_cheaper", lambda classes, p: class_by_class)
+    monkeypatch.setattr(nms_mod, "_ROUNDS", rounds)
     _check_against_torchvision(boxes, scores, thr=0.2, iou=0.5, k=150, agnostic=False)
+    _check_against_torchvision(boxes, scores, thr=0.2, iou=0.5, k=150, agnostic=True)
 
 
 def test_tied_scores_keep_ascending_flat_index():
