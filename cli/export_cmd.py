@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--calib-method", default="auto", choices=["auto", "entropy", "max"],
                    help="ModelOpt INT8 calibration; auto picks by held-out AP (needs DATA/annotations)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
-    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
-                   help="torch.onnx exporter path (default dynamo)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                   help="torch.onnx exporter: auto = dynamo at opset >= 18, torchscript at 17 (default)")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ ExportPrecision = Literal["fp32", "fp16", "int8", "int8-cpu"]
 EXPORT_PRECISIONS: tuple[str, ...] = get_args(ExportPrecision)
 CalibMethod = Literal["auto", "entropy", "max"]
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
-Exporter = Literal["dynamo", "torchscript"]
+Exporter = Literal["auto", "dynamo", "torchscript"]
 EXPORTERS: tuple[str, ...] = get_args(Exporter)
 
 MIN_OPSET = 17
@@ -41,8 +41,10 @@ class ExportConfig:
         nms: which NMS the graphs end in (``efficient`` = EfficientNMS_TRT, ``onnx`` = NonMaxSuppression,
             ``none`` = raw heads + decoded boxes).
         opset: ONNX opset, ``MIN_OPSET..MAX_OPSET``.
-        exporter: ``dynamo`` (``torch.onnx.export(dynamo=True)``; the clean graph with torch 2.14) or
-            ``torchscript`` (the legacy tracer; more Shape/Gather/Concat nodes, folded by `sanitize`).
+        exporter: ``dynamo`` (``torch.onnx.export(dynamo=True)``; the clean graph with torch 2.14),
+            ``torchscript`` (the legacy tracer; more Shape/Gather/Concat nodes, folded by `sanitize`), or ``auto``:
+            dynamo at opset >= 18 (its native opsets) and torchscript at 17, because dynamo's 18 -> 17 conversion
+            fails on the FPN's Resize ("No Adapter To Version $17 for Resize", torch 2.14.1 / onnx 1.21).
         calib_data: dataset dir (``DATA/val`` or ``DATA/train`` are used) or an image folder; required for
             ``int8``/``int8-cpu``.
         calib_images: how many images calibrate (first ``N`` in sorted order, after skipping corrupt files).
@@ -57,7 +59,7 @@ class ExportConfig:
     precisions: tuple[ExportPrecision, ...] = ("fp32",)
     nms: NmsMode = "efficient"
     opset: int = MIN_OPSET
-    exporter: Exporter = "dynamo"
+    exporter: Exporter = "auto"
     calib_data: Path | None = None
     calib_images: int = 64
     calib_method: CalibMethod = "auto"

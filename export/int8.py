@@ -67,7 +67,8 @@ def output_tail_nodes(
                 tail.add(id(node))
             continue
         tail.add(id(node))
-        todo.extend(i for i in node.input if i)
+        # data inputs only: a Reshape's shape input (the exporter's Shape/Gather/Unsqueeze chain) is not data
+        todo.extend(i for i in (node.input if node.op_type == "Concat" else node.input[:1]) if i)
     return [n.name for n in model.graph.node if id(n) in tail and n.name]
 
 

@@ -6,10 +6,12 @@ The exported ("pre-NMS") graph maps ``images`` (B, 3, H, W) in the spec's input 
 `retinaedge.runtime.spec`. Precision variants are made from this graph and the NMS tail is appended last
 (`retinaedge.export.surgery.finalize`).
 
-Exporter choice (checked with torch 2.14.1 on the tiny test model and a ResNet-FPN head): ``dynamo=True``
+Exporter choice (checked with torch 2.14.1): ``dynamo=True``
 gives a clean graph (Cast/Sub/Div, Conv, Reshape with a ``-1`` batch, Transpose, Concat: 27 nodes for the
 tiny model) while the TorchScript tracer adds a Shape/Gather/Unsqueeze/Concat chain per Reshape (101 nodes,
-folded only partly by `sanitize` because the batch is dynamic). Both are numerically identical (1e-7).
+folded only partly by `sanitize` because the batch is dynamic). Both are numerically identical (1e-7). But
+dynamo exports opset 18 and converts down, and that conversion fails for the ResNet-FPN's Resize at opset 17;
+so ``auto`` (the default) uses dynamo at opset >= 18 and the TorchScript tracer at 17.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def export_onnx(
     spec: DetectorSpec,
     *,
     opset: int = 17,
-    exporter: Exporter = "dynamo",
+    exporter: Exporter = "auto",
 ) -> onnx.ModelProto:
     """Export the raw heads of a RetinaNet to ONNX with a dynamic batch axis.
 
@@ -52,7 +54,8 @@ def export_onnx(
             ``{"cls_logits": (B, N, K), "box_deltas": (B, N, 4)}``.
         spec: the detector spec the model was trained with.
         opset: ONNX opset (see `retinaedge.export.config.check_opset`).
-        exporter: ``"dynamo"`` or ``"torchscript"``.
+        exporter: ``"dynamo"``, ``"torchscript"`` or ``"auto"`` (dynamo at opset >= 18, torchscript at 17; see
+            `retinaedge.export.config.ExportConfig`).
 
     Returns:
         The pre-NMS model (shape-inferred), inputs ``spec.io.input``, outputs ``spec.io.cls_logits``,
@@ -65,8 +68,12 @@ def export_onnx(
     import torch
 
     check_opset(opset)
-    if exporter not in ("dynamo", "torchscript"):
-        raise InputError(f"exporter={exporter!r} is not supported; choose 'dynamo' or 'torchscript'")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise InputError(f"exporter={exporter!r} is not supported; choose 'auto', 'dynamo' or 'torchscript'")
+    if exporter == "auto":
+        # dynamo writes opset 18+ natively; its down-conversion to 17 has no Resize adapter (FPN upsampling)
+        exporter = "dynamo" if opset >= 18 else "torchscript"
+        log.info("exporter auto -> %s for opset %d", exporter, opset)
 
     class HeadsOnly(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:

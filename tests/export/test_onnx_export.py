@@ -81,11 +81,11 @@ def test_io_names_dtypes_and_dynamic_batch(raw_onnx: onnx.ModelProto, tiny_spec:
     assert [o.version for o in raw_onnx.opset_import if o.domain == ""] == [17]
 
 
-def test_torchscript_exporter_agrees_and_float_input(tiny_model: Any) -> None:
+def test_dynamo_exporter_agrees_and_float_input(tiny_model: Any) -> None:
     import onnxruntime as ort
 
     spec = make_spec(input_dtype="float32")
-    model = export_onnx(tiny_model, spec, exporter="torchscript")
+    model = export_onnx(tiny_model, spec, exporter="dynamo")
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     x = random_images(spec, 2)
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})
