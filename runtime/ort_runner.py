@@ -129,7 +129,7 @@ class OrtRunner(Runner):
             raise ModelError(
                 f"ONNX Runtime providers {missing} are not available here; available: {available}"
             )
-        model_bytes, fetch = self._session_model()
+        model_source, fetch = self._session_model()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; a failure is raised below as one line
@@ -137,7 +137,7 @@ class OrtRunner(Runner):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(model_bytes, sess_options=options, providers=list(self.providers))
+            session = ort.InferenceSession(model_source, sess_options=options, providers=list(self.providers))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise ModelError(
                 f"ONNX Runtime cannot load {str(self.path)!r} ({type(e).__name__}: {_first_line(e)})"
@@ -151,7 +151,7 @@ class OrtRunner(Runner):
         self._session = session
         self._input_name = inputs[0].name
         self._input_dtype = _NP_TYPES.get(inputs[0].type, np.float32)
-        self._fetch = fetch
+        self._fetch = fetch if fetch is not None else [o.name for o in session.get_outputs()]
 
     def deactivate_impl(self) -> None:
         self._session = None
@@ -183,13 +183,13 @@ class OrtRunner(Runner):
                 io.detection_classes: classes}
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _session_model(self) -> tuple[bytes, list[str]]:
-        """The model bytes ORT should load and the output names to fetch."""
+    def _session_model(self) -> tuple[str | bytes, list[str] | None]:
+        """What ORT should load (the file itself, or the bytes of a cut graph) and the outputs to fetch
+        (None: all of the file's outputs)."""
         io = self.spec.io
         plugin = self.plugin
         if plugin is None and not self.raw:
-            model = load_onnx_model(self.path)
-            return model.SerializeToString(), [o.name for o in model.graph.output]
+            return str(self.path), None
         model = load_onnx_model(self.path)
         if plugin is not None:
             wanted = [plugin.boxes, plugin.scores]
