@@ -199,9 +199,13 @@ class FPN(nn.Module):
         self.p6_from = p6_from
         self._low = min(levels[0], 5)  # lowest level of the top-down path
         c_ch = dict(zip((3, 4, 5), in_channels, strict=True))
-        self.lateral = nn.ModuleList(nn.Conv2d(c_ch[lv], out_channels, 1) for lv in range(self._low, 6))
-        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
-                                    for _ in range(self._low, 6))
+        topdown = levels[0] <= 5 or p6_from == "p5"
+        self.lateral = nn.ModuleDict({str(lv): nn.Conv2d(c_ch[lv], out_channels, 1)
+                                      for lv in range(self._low, 6) if topdown})
+        # 3x3 output convs only where a level is returned (or P5 feeds P6): no unused parameters (DDP)
+        outputs = {lv for lv in levels if lv <= 5} | ({5} if p6_from == "p5" and levels[-1] >= 6 else set())
+        self.output = nn.ModuleDict({str(lv): nn.Conv2d(out_channels, out_channels, 3, padding=1)
+                                     for lv in sorted(outputs)})
         self.extra = nn.ModuleList()
         for lv in range(6, levels[-1] + 1):
             cin = c_ch[5] if lv == 6 and p6_from == "c5" else out_channels
@@ -216,13 +220,16 @@ class FPN(nn.Module):
         """[C3, C4, C5] -> one (B, out_channels, H/stride, W/stride) map per entry of ``levels``."""
         c = dict(zip((3, 4, 5), feats, strict=True))
         p: dict[int, Tensor] = {}
-        inner = self.lateral[-1](c[5])
-        p[5] = self.output[-1](inner)
-        for i, lv in zip(range(len(self.lateral) - 2, -1, -1), range(4, self._low - 1, -1), strict=True):
-            # constant factor 2, not size=: exports as a static Resize (inputs are multiples of 32)
-            inner = self.lateral[i](c[lv]) + F.interpolate(inner, scale_factor=2.0, mode="nearest")
-            p[lv] = self.output[i](inner)
-        x = c[5] if self.p6_from == "c5" else p[5]
+        topdown = range(5, self._low - 1, -1) if len(self.lateral) else range(0)
+        inner = c[5]
+        for lv in topdown:
+            if lv == 5:
+                inner = self.lateral["5"](c[5])
+            else:  # constant factor 2, not size=: exports as a static Resize (inputs are multiples of 32)
+                inner = self.lateral[str(lv)](c[lv]) + F.interpolate(inner, scale_factor=2.0, mode="nearest")
+            if str(lv) in self.output:
+                p[lv] = self.output[str(lv)](inner)
+        x = c[5] if self.p6_from == "c5" or not self.extra else p[5]
         for j, conv in enumerate(self.extra):
             x = conv(x if j == 0 else F.relu(x))
             p[6 + j] = x

@@ -55,6 +55,20 @@ def test_five_levels_p6_from_c5_or_p5() -> None:
         assert model(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))["cls_logits"].shape == (1, spec.num_anchors, 1)
 
 
+@pytest.mark.parametrize(("strides", "p6_from"), [((8, 16), "p5"), ((8, 16, 32, 64, 128), "c5"), ((64, 128), "c5")])
+def test_every_trainable_parameter_gets_a_gradient(strides: tuple[int, ...], p6_from: str) -> None:
+    # an unused parameter breaks DistributedDataParallel; the FPN builds only the convs its levels need
+    spec = DetectorSpec(class_names=("a",), input_height=128, input_width=128,
+                        anchors=AnchorSpec(strides=strides, sizes=tuple(2.0 * s for s in strides)))
+    cfg = ModelConfig(backbone="resnet18", fpn_channels=8, head_channels=8, head_depth=1, freeze_bn=False,
+                      p6_from=p6_from)  # type: ignore[arg-type]
+    model = build_model(spec, cfg)
+    out = model(torch.zeros(1, 3, 128, 128))
+    assert out["cls_logits"].shape == (1, spec.num_anchors, 1)
+    (out["cls_logits"].sum() + out["box_deltas"].sum()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 class _ZeroBody(nn.Module):
     out_channels = (4, 4, 4)
 
