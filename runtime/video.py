@@ -368,7 +368,8 @@ class _Writer:
         self.video_path = out_dir / VIDEO_NAME
         self.part_path = out_dir / f".{VIDEO_NAME}.part"
         self.jsonl_path = out_dir / JSONL_NAME
-        self.jsonl = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # line-buffered: each frame is on disk as soon as it is written (tail -f, first-detection timing)
+        self.jsonl = open(self.jsonl_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
         self.container: Any = None
         self.stream: Any = None
         self.size: tuple[int, int] = (0, 0)
