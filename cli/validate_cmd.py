@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--val-ann", default=None, help="override DATA/annotations/instances_val.json")
     p.add_argument("--val-images", default=None, help="override DATA/val")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--reference-nms", choices=("export", "torch"), default="export",
+                   help="NMS of the torch reference: 'export' (default) runs the torch heads through the exported "
+                   "graph's NMS so ΔAP measures precision alone; 'torch' uses training's torchvision NMS")
     p.set_defaults(func=run)
 
 
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from retinaedge.runtime.errors import RetinaEdgeError
     from retinaedge.runtime.models import load_runner
     from retinaedge.runtime.runner import Runner
-    from retinaedge.runtime.validate import DEFAULT_GATE, parse_gate, validate
+    from retinaedge.runtime.validate import DEFAULT_GATE, ExportNmsRunner, parse_gate, validate
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs and pipes
     gate = parse_gate(args.gate) if args.gate else dict(DEFAULT_GATE)
@@ -92,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from retinaedge.train.torch_runner import TorchRunner  # the CLI, not runtime/, may import torch
 
-        reference = TorchRunner(checkpoint=Path(args.checkpoint))
-        raw_reference = TorchRunner(checkpoint=Path(args.checkpoint), raw=True)
+        ckpt = Path(args.checkpoint)
+        if args.reference_nms == "export":
+            reference = ExportNmsRunner(raw=TorchRunner(checkpoint=ckpt, raw=True))
+        else:
+            reference = TorchRunner(checkpoint=ckpt)
+        raw_reference = TorchRunner(checkpoint=ckpt, raw=True)
     elif runners:
         fp32 = [i for i, r in enumerate(runners) if r.precision == "fp32"]
         if fp32:  # validate() would pick it too; its raw twin goes with it
