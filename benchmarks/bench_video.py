@@ -55,8 +55,8 @@ def default_model(out: Path) -> Path:
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": config_to_dict(config), "spec": spec.to_dict(),
                            "epoch": 0, "step": 0, "batch": 0, "elapsed_s": 0.0, "best_ap": -1.0, "optimizer": {},
                            "scaler": {}, "rng": {}})
-    export_model(ExportConfig(checkpoint=ckpt, out_dir=path.parent, precisions=("fp32",), nms="efficient",
-                              opset=18), echo=print)
+    export_model(ExportConfig(checkpoint=ckpt, out_dir=path.parent, precisions=("fp32",), nms="efficient"),
+                 echo=print)
     return path
 
 

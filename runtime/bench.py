@@ -34,7 +34,20 @@ RESULT_MARK = "RETINAEDGE-BENCH-RESULT "
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``, the high-water mark of this program's own memory.
+    ``ru_maxrss`` is not used there: Linux carries the spawning parent's RSS over ``exec`` into the child's
+    ``ru_maxrss`` (``setmax_mm_hiwater_rss`` in ``exec_mmap``), so a process started from a big parent (a test
+    run that imported torch) would report the parent's size. Elsewhere: ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 

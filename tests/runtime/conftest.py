@@ -272,9 +272,8 @@ def build_pipeline(base: Path) -> dict[str, Path]:
     save_checkpoint(paths["checkpoint"], {
         "model": model.state_dict(), "config": config_to_dict(config), "spec": spec.to_dict(), "epoch": 0,
         "step": 0, "batch": 0, "elapsed_s": 0.0, "best_ap": -1.0, "optimizer": {}, "scaler": {}, "rng": {}})
-    # opset 18: the FPN's Resize has no opset-17 adapter in the dynamo exporter's version conversion
     export_model(ExportConfig(checkpoint=paths["checkpoint"], out_dir=paths["models"], precisions=("fp32", "fp16"),
-                              nms="efficient", opset=18), echo=lambda _line: None)
+                              nms="efficient"), echo=lambda _line: None)
     val = paths["data"] / "val"
     val.mkdir(parents=True)
     (paths["data"] / "annotations").mkdir()
