@@ -18,7 +18,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -37,6 +36,7 @@ import torch
 
 from retinaedge.runtime.errors import InputError, RetinaEdgeError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
+from retinaedge.runtime.spec import DetectorSpec
 from retinaedge.train.checkpoint import get_rng_state, read_checkpoint, save_checkpoint, set_rng_state
 from retinaedge.train.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict, make_spec
 from retinaedge.train.evaluate import evaluate, split_paths
@@ -337,10 +337,8 @@ class Trainer:
 
         names, cat_ids = read_categories(self.train_ann)
         spec = make_spec(cfg, names, cat_ids)
-        if ckpt is not None and ckpt["spec"] != spec.to_dict():
-            from retinaedge.runtime.spec import DetectorSpec
-
-            old_spec = DetectorSpec.from_dict(ckpt["spec"])
+        old_spec = DetectorSpec.from_dict(ckpt["spec"]) if ckpt is not None else spec
+        if old_spec != spec:
             raise InputError(
                 f"--resume: the dataset's classes {list(spec.class_names)} / ids {list(spec.category_ids)} differ "
                 f"from the checkpoint's {list(old_spec.class_names)} / {list(old_spec.category_ids)}"
@@ -594,7 +592,3 @@ def train(
         val_images=val_images, resume=resume, log=log, progress=progress, stop_after_steps=stop_after_steps,
     ).run()
 
-
-def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """``dataclasses.replace`` for the top level of a config (convenience for scripts)."""
-    return dataclasses.replace(config, **changes)

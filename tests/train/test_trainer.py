@@ -159,7 +159,7 @@ def test_sigterm_stops_cleanly_after_the_step(data: Path, tmp_path: Path, monkey
 
     monkeypatch.setattr(RetinaNetLoss, "__call__", signalled)
     out = tmp_path / "term"
-    m = train(tiny(), data=data, out=out, log=_quiet, progress=False)
+    m = train(tiny(), data=data, out=out, log=_quiet, progress=True)  # the rich bar, rendered off-terminal
     assert m["step"] == 2 and "interrupted" in m["stopped"]
     assert _state(out / "ckpt_last.pt")["step"] == 2 and (out / "metrics.json").is_file()
 
