@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+# Tests run with --import-mode=importlib (test basenames repeat across the mirrored tree); the folders with
+# shared helper modules are put on sys.path here instead.
+for _helpers in ("engines", "export"):
+    sys.path.insert(0, str(Path(__file__).parent / _helpers))
 
 
 @functools.cache
