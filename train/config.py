@@ -37,6 +37,7 @@ OptimName = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "step"]
 BoxLoss = Literal["smooth_l1", "giou"]
 Device = Literal["auto", "cpu", "cuda"]
+DistBackend = Literal["auto", "nccl", "gloo"]
 
 
 def _err(key: str, value: object, rule: str) -> InputError:
@@ -137,6 +138,9 @@ class OptimConfig:
         step_gamma: step-schedule factor.
         min_lr_factor: cosine floor as a fraction of ``lr``.
         clip_grad_norm: max global gradient norm (0 = no clipping).
+        accumulate: micro-batches per optimiser step (gradient accumulation): one step sees
+            ``data.batch_size * accumulate * number of processes`` images, so lowering ``data.batch_size`` or
+            the process count while raising this keeps the effective batch (and ``lr``) the same.
     """
 
     name: OptimName = "sgd"
@@ -152,11 +156,14 @@ class OptimConfig:
     step_gamma: float = 0.1
     min_lr_factor: float = 0.0
     clip_grad_norm: float = 0.0
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim.clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        if self.accumulate < 1:
+            raise _err("optim.accumulate", self.accumulate, "must be >= 1 (micro-batches per optimiser step)")
         if not 0.0 <= self.momentum < 1.0:
             raise _err("optim.momentum", self.momentum, "must be in [0, 1)")
         if self.warmup_iters < 0:
@@ -197,6 +204,26 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process training under ``torchrun`` (`retinaedge.train.distributed`); unused in a single process.
+
+    Attributes:
+        sync_bn: convert BatchNorm layers to ``SyncBatchNorm`` (batch statistics over all processes). Needs
+            CUDA; FrozenBatchNorm and GroupNorm are never converted.
+        backend: ``auto`` (NCCL on CUDA, gloo on CPU), ``nccl`` or ``gloo``.
+        timeout_min: process-group timeout: a collective that waits longer raises instead of hanging. It must
+            exceed rank 0's evaluation time, during which the other processes wait.
+    """
+
+    sync_bn: bool = False
+    backend: DistBackend = "auto"
+    timeout_min: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive("distributed.timeout_min", self.timeout_min)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs besides the data paths.
 
@@ -207,6 +234,7 @@ class TrainConfig:
         optim: optimiser and schedule.
         anchors: anchor overrides for the spec.
         postprocess: post-processing overrides for the spec.
+        distributed: torchrun/DDP options (SyncBN, backend, timeout).
         epochs: planned epochs (the schedule spans them).
         time_budget_min: stop cleanly after the step that crosses this many minutes of wall time since the
             run (first) started, then evaluate and save; 0 = no budget.
@@ -225,6 +253,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     epochs: int = 12
     time_budget_min: float = 0.0
     seed: int = 0
