@@ -39,6 +39,14 @@ from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
 from retinaedge.runtime.spec import DetectorSpec
 from retinaedge.train.checkpoint import get_rng_state, read_checkpoint, save_checkpoint, set_rng_state
 from retinaedge.train.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict, make_spec
+from retinaedge.train.distributed import (
+    DistContext,
+    GlobalLoss,
+    distributed_loader,
+    init_distributed,
+    resume_batch,
+    wrap_model,
+)
 from retinaedge.train.evaluate import evaluate, split_paths
 
 __all__ = ["NonFiniteLossError", "Trainer", "lr_factor", "plot_curves", "train"]
@@ -74,7 +82,8 @@ def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:
 
 
 def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue
@@ -318,21 +327,39 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train, evaluate and save; returns the final metrics (also in ``metrics.json``)."""
-        from retinaedge.train.data.coco import CocoDetection, make_loader, read_categories
+        """Train, evaluate and save; returns the final metrics (also in ``metrics.json``).
+
+        Under ``torchrun`` every process calls this (`retinaedge.train.distributed`): they train one DDP model
+        on their shares of each batch; rank 0 logs, evaluates and writes every artifact, the others wait for
+        it, and every rank returns rank 0's metrics.
+        """
+        dc = self.config.distributed
+        ctx = init_distributed(device=self._device(), backend=dc.backend, timeout_min=dc.timeout_min)
+        try:
+            with ctx.errors("training (DDP gradient all-reduce)"):
+                return self._run(ctx)
+        finally:
+            ctx.close()
+
+    def _run(self, ctx: DistContext) -> dict[str, Any]:
+        from retinaedge.train.data.coco import CocoDetection, read_categories
         from retinaedge.train.losses import RetinaNetLoss
         from retinaedge.train.model import build_model
 
         cfg = self.config
-        ensure_writable_dir(self.out)
-        self._check_out()
-        ckpt = self._load_resume() if self.resume and (self.out / LAST).is_file() else None
+
+        def prepare() -> dict[str, Any] | None:  # rank 0 owns the run directory; the others get its checkpoint
+            ensure_writable_dir(self.out)
+            self._check_out()
+            return self._load_resume() if self.resume and (self.out / LAST).is_file() else None
+
+        ckpt = ctx.on_main(prepare, what="resume checkpoint broadcast")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        device = self._device()
+        device = ctx.device
         use_amp = bool(cfg.amp and device.type == "cuda")
 
         names, cat_ids = read_categories(self.train_ann)
@@ -343,8 +370,9 @@ class Trainer:
                 f"--resume: the dataset's classes {list(spec.class_names)} / ids {list(spec.category_ids)} differ "
                 f"from the checkpoint's {list(old_spec.class_names)} / {list(old_spec.category_ids)}"
             )
-        spec.save(self.out / "spec.json")
-        atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        if ctx.is_main:
+            spec.save(self.out / "spec.json")
+            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
 
         msgs: list[str] = []
         train_ds = CocoDetection(ann_file=self.train_ann, image_dir=self.train_images, spec=spec, train=True,
@@ -364,13 +392,15 @@ class Trainer:
         optimizer = build_optimizer(model, cfg.optim)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-        def loader_for(epoch: int) -> Any:
-            return make_loader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, workers=cfg.data.workers,
-                               seed=cfg.seed * 100003 + epoch)
+        def loader_for(epoch: int) -> Any:  # this rank's share; the global order is a function of (seed, epoch)
+            return distributed_loader(train_ds, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
+                                      seed=cfg.seed * 100003, epoch=epoch, ctx=ctx)
 
-        steps_per_epoch = len(loader_for(0))
-        if steps_per_epoch == 0:
+        batches_per_epoch = len(loader_for(0))
+        if batches_per_epoch == 0:
             raise InputError(f"the training set {str(self.train_ann)!r} yields no batches; it has no usable images")
+        accumulate = cfg.optim.accumulate
+        steps_per_epoch = -(-batches_per_epoch // accumulate)  # a short last window still makes a step
         total_steps = cfg.epochs * steps_per_epoch
         budget_s = cfg.time_budget_min * 60.0
 
@@ -383,16 +413,22 @@ class Trainer:
             if ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch"]
+            batch_in_epoch = resume_batch(batch_in_epoch, old_world=int(ckpt.get("world_size", 1)),
+                                          old_batch_size=int(ckpt["config"]["data"]["batch_size"]),
+                                          world=ctx.world_size, batch_size=cfg.data.batch_size)
             elapsed0, best_ap = float(ckpt["elapsed_s"]), float(ckpt["best_ap"])
             set_rng_state(ckpt["rng"])
-            self._truncate_log(step)
-        elif (self.out / LOG).exists():
+            if ctx.is_main:
+                self._truncate_log(step)
+        elif ctx.is_main and (self.out / LOG).exists():
             (self.out / LOG).unlink()
+        train_model = wrap_model(model, ctx, sync_bn=cfg.distributed.sync_bn)  # DDP; `model` stays the plain one
+        gloss = GlobalLoss(ctx, accumulate=accumulate)
 
         stop_flag = threading.Event()
         t_start = time.perf_counter()
         elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
-        log_f = open(self.out / LOG, "a", buffering=1)  # noqa: SIM115 - closed in finally
+        log_f = open(self.out / LOG if ctx.is_main else os.devnull, "a", buffering=1)  # noqa: SIM115 - closed in finally
         last_eval_step = -1
         final: dict[str, Any] = {}
         train_time = 0.0
@@ -408,11 +444,15 @@ class Trainer:
                 "scaler": scaler.state_dict() if use_amp else {},
                 "config": config_to_dict(cfg), "spec": spec.to_dict(),
                 "epoch": epoch, "step": step, "batch": batch_in_epoch,
-                "elapsed_s": elapsed(), "best_ap": best_ap, "rng": rng,
+                "elapsed_s": elapsed(), "best_ap": best_ap, "rng": rng, "world_size": ctx.world_size,
             }
 
         def do_eval() -> dict[str, Any]:
             nonlocal best_ap, last_eval_step
+            if not ctx.is_main:  # rank 0 evaluates and saves meanwhile
+                last_eval_step = step
+                ctx.barrier("waiting for rank 0's evaluation and checkpoint")
+                return {"evaluated_by_rank": 0}
             rng = get_rng_state()  # the resume point: captured before evaluation touches anything
             t0 = time.perf_counter()
             with _rng_preserved():
@@ -431,9 +471,11 @@ class Trainer:
             if improved:  # for export/eval: weights, config, spec; no optimiser state
                 save_checkpoint(self.out / BEST, {**payload, "optimizer": {}, "scaler": {}})
             plot_curves(self.out / LOG, self.out / "loss.png")
+            ctx.barrier("rank 0 releasing the others after evaluation")
             return metrics
 
-        rep = _Reporter(total=total_steps, log=self.log, live=self.progress)
+        rep = _Reporter(total=total_steps, log=self.log if ctx.is_main else (lambda _: None),
+                        live=self.progress if ctx.is_main else False)
         try:
             with rep, _signals_stop(stop_flag):
                 if self.resume and ckpt is None:
@@ -446,11 +488,15 @@ class Trainer:
                     rep.message(m)
                 for name, ds in (("train", train_ds), ("val", val_ds)):
                     write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
-                rep.message(f"training on {device} ({torch.get_num_threads()} threads): "
-                            f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+                rep.message(f"training on {device} ({torch.get_num_threads()} threads)"
+                            + (f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else "")
+                            + f": {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+                            + (f", {accumulate} micro-batches per step" if accumulate > 1 else "")
                             + (f", budget {cfg.time_budget_min:g} min" if budget_s else ""))
                 model.train()
-                if ckpt is not None and budget_s and elapsed() >= budget_s:  # resumed with its budget spent
+                _, agreed_elapsed = ctx.agree_stop(0, elapsed())  # the budget clock every rank's lr uses
+                micro = 0  # micro-batches done in the current optimiser step
+                if ckpt is not None and budget_s and agreed_elapsed >= budget_s:  # resumed with its budget spent
                     stop_reason = f"time budget of {cfg.time_budget_min:g} min already used"
                 while epoch < cfg.epochs and not stop_reason:
                     it = iter(loader_for(epoch))
@@ -459,50 +505,60 @@ class Trainer:
                     # img/s over the logging window, data loading included, evaluation excluded
                     t_prev, win_s, win_n = time.perf_counter(), 0.0, 0
                     for images, targets in it:
-                        progress = step / total_steps
-                        if budget_s:
-                            progress = max(progress, elapsed() / budget_s)
-                        lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
-                        for g in optimizer.param_groups:
-                            g["lr"] = lr
+                        if micro == 0:  # a new optimiser step: `accumulate` micro-batches (fewer at the epoch end)
+                            progress = step / total_steps
+                            if budget_s:
+                                progress = max(progress, (agreed_elapsed if ctx.is_distributed else elapsed())
+                                               / budget_s)
+                            lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
+                            for g in optimizer.param_groups:
+                                g["lr"] = lr
+                            optimizer.zero_grad(set_to_none=True)
+                        micro += 1
+                        batch_in_epoch += 1
+                        sync = micro == accumulate or batch_in_epoch >= batches_per_epoch
                         images = images.to(device, non_blocking=True)
                         if channels_last:
                             images = images.contiguous(memory_format=torch.channels_last)
                         tg = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-                        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                            outputs = model(images)
-                            losses = loss_fn(outputs, tg)
-                        loss = losses["loss"]
-                        if not bool(torch.isfinite(loss)):
-                            ids = [int(i) for i in targets["image_ids"]]
-                            raise NonFiniteLossError(
-                                f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch}), "
-                                f"batch image ids {ids}; "
-                                f"lower optim.lr (now {lr:.3g}) or set optim.clip_grad_norm"
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
+                        with ctx.maybe_no_sync(train_model, sync=sync):  # DDP all-reduces on the step's last one
+                            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                                outputs = train_model(images)
+                                losses = loss_fn(outputs, tg)
+                            # normalised by the positives of the whole step on all ranks; global value to check
+                            loss, global_loss = gloss.add(losses)
+                            if not math.isfinite(global_loss):
+                                ids = [int(i) for i in targets["image_ids"]]
+                                raise NonFiniteLossError(
+                                    f"loss is {global_loss} at step {step + 1} (epoch {epoch}), "
+                                    f"batch image ids {ids}" + (f" on rank {ctx.rank}" if ctx.is_distributed else "")
+                                    + f"; lower optim.lr (now {lr:.3g}) or set optim.clip_grad_norm"
+                                )
+                            scaler.scale(loss).backward()
+                        n = images.shape[0] * ctx.world_size
+                        images_seen += n
+                        win_n += n
+                        if not sync:
+                            continue
+                        micro = 0
+                        vals = gloss.finish(model.parameters())  # gradients of the step's global loss
                         if cfg.optim.clip_grad_norm > 0:
                             scaler.unscale_(optimizer)
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
                         scaler.step(optimizer)
                         scaler.update()
                         step += 1
-                        batch_in_epoch += 1
-                        n = images.shape[0]
                         now = time.perf_counter()
-                        images_seen += n
-                        win_n += n
                         win_s += now - t_prev
                         train_time += now - t_prev
                         t_prev = now
                         logged = step % cfg.log_every == 0 or step == 1
                         if logged or rep.live:
                             ips = win_n / max(win_s, 1e-9)
-                            remaining = (total_steps - step) * cfg.data.batch_size / max(ips, 1e-9)
+                            per_step = cfg.data.batch_size * accumulate * ctx.world_size
+                            remaining = (total_steps - step) * per_step / max(ips, 1e-9)
                             if budget_s:
                                 remaining = min(remaining, budget_s - elapsed())
-                            vals = {k: float(v.detach()) for k, v in losses.items()}
                             rep.update(step=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=vals["loss"], lr=lr,
                                        ips=ips, eta=remaining, line=logged)
                             if logged:
@@ -510,21 +566,25 @@ class Trainer:
                                        **{k: round(v, 6) for k, v in vals.items()},
                                        "img_s": round(ips, 2), "elapsed_s": round(elapsed(), 2)})
                                 win_s, win_n = 0.0, 0
+                        code = 0
                         if budget_s and elapsed() >= budget_s:
-                            stop_reason = f"time budget of {cfg.time_budget_min:g} min reached"
+                            code = 1
                         elif self.stop_after_steps is not None and step >= self.stop_after_steps:
-                            stop_reason = f"stopped after {step} steps"
+                            code = 2
                         elif stop_flag.is_set():
-                            stop_reason = "interrupted (SIGINT/SIGTERM)"
+                            code = 3
+                        code, agreed_elapsed = ctx.agree_stop(code, elapsed())  # every rank stops together
+                        stop_reason = ("", f"time budget of {cfg.time_budget_min:g} min reached",
+                                       f"stopped after {step} steps", "interrupted (SIGINT/SIGTERM)")[code]
                         if stop_reason:
                             break
-                    if batch_in_epoch >= steps_per_epoch:
+                    if batch_in_epoch >= batches_per_epoch:
                         epoch += 1
                         batch_in_epoch = 0
                         due = cfg.eval_every and epoch % cfg.eval_every == 0
                         if due or epoch == cfg.epochs:
                             final = do_eval()
-                        else:
+                        elif ctx.is_main:
                             save_checkpoint(self.out / LAST, state_payload(get_rng_state()))
                 if stop_reason:
                     rep.message(f"{stop_reason} at epoch {epoch} step {step}; evaluating and saving")
@@ -543,8 +603,9 @@ class Trainer:
             "train_img_per_s": round(images_seen / train_time, 2) if train_time else None,
         }
         result = {**{k: v for k, v in final.items() if k != "pr_curves"}, **summary}
-        atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
-        return result
+        if ctx.is_main:
+            atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        return ctx.broadcast_object(result, what="final metrics broadcast")
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint (a killed run may have logged past it)."""
