@@ -21,13 +21,17 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from retinaedge.runtime.errors import ModelError
 from retinaedge.runtime.spec import DetectorSpec
+
+if TYPE_CHECKING:
+    from retinaedge.train.config import TrainConfig
+    from retinaedge.train.model import RetinaNet
 
 CKPT_FORMAT = "retinaedge-ckpt"
 CKPT_VERSION = 1
@@ -159,7 +163,8 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, Any], *, source
         )
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"
+                    ) -> tuple[RetinaNet, DetectorSpec, TrainConfig]:
     """Rebuild the trained model from a checkpoint.
 
     Args:

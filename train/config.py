@@ -73,8 +73,7 @@ class DataConfig:
             object.__setattr__(self, "input_size", (size, size))
         elif isinstance(size, list | tuple) and len(size) == 2:
             object.__setattr__(self, "input_size", (size[0], size[1]))
-        h, w = self.input_size
-        for v in (h, w):
+        for v in typing.cast(tuple[int, int], self.input_size):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise _err("data.input_size", size, "must be a positive int or [height, width] of positive ints")
         if self.batch_size <= 0:
@@ -471,7 +470,7 @@ def make_spec(config: TrainConfig, class_names: Sequence[str], category_ids: Seq
     """
     anchor_kw = {k: v for k, v in dataclasses.asdict(config.anchors).items() if v is not None}
     post_kw = {k: v for k, v in dataclasses.asdict(config.postprocess).items() if v is not None}
-    h, w = config.data.input_size
+    h, w = typing.cast(tuple[int, int], config.data.input_size)
     return DetectorSpec(
         class_names=tuple(class_names),
         category_ids=tuple(int(c) for c in category_ids),

@@ -55,7 +55,7 @@ class TorchRunner(Runner):
             else:
                 from retinaedge.train.checkpoint import read_checkpoint
 
-                spec = DetectorSpec.from_dict(read_checkpoint(self.checkpoint, mmap=True)["spec"])
+                spec = DetectorSpec.from_dict(read_checkpoint(self._checkpoint_path(), mmap=True)["spec"])
         self.spec = spec
         self.raw = raw
         self.device = torch.device(device)
@@ -67,14 +67,20 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         from retinaedge.train.anchors import anchors_for
 
+        model: torch.nn.Module
         if self._given_model is not None:
             model = self._given_model
         else:
             from retinaedge.train.checkpoint import load_checkpoint
 
-            model, _, _ = load_checkpoint(self.checkpoint, device=self.device)
+            model, _, _ = load_checkpoint(self._checkpoint_path(), device=self.device)
         self._model = model.to(self.device).eval()
         self._anchors = anchors_for(self.spec, device=self.device)
+
+    def _checkpoint_path(self) -> Path:
+        if self.checkpoint is None:
+            raise InputError("TorchRunner has neither a checkpoint nor a model")
+        return self.checkpoint
 
     def deactivate_impl(self) -> None:
         self._model = None
@@ -99,6 +105,8 @@ class TorchRunner(Runner):
             deltas = outputs["box_deltas"].clone()
             deltas[..., 2:] = deltas[..., 2:].clamp(max=self.spec.box_coding.clamp)
             return {io.cls_logits: outputs["cls_logits"].cpu().numpy(), io.box_deltas: deltas.cpu().numpy()}
+        if self._anchors is None:
+            raise RuntimeError(f"runner {self.name!r} is not active")
         results = postprocess(outputs, self._anchors, self.spec)
         b, k = len(results), self.spec.postprocess.max_detections
         num = np.zeros((b, 1), np.int32)
