@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = train(config, data=args.data, out=args.out, train_ann=args.train_ann, train_images=args.train_images,
                     val_ann=args.val_ann, val_images=args.val_images, resume=args.resume)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank gets rank 0's metrics; rank 0 prints them
+        return 0
     print(format_stats(metrics))
     print(f"best AP {metrics['best_AP']:.4f}; {metrics['step']} steps in {metrics['wall_time_s']:.0f}s "
           f"({metrics['train_img_per_s']} img/s); run in {args.out}")

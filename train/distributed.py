@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "DistContext",
     "DistributedError",
     "GlobalLoss",
+    "convert_sync_bn",
     "distributed_loader",
     "env_world",
     "init_distributed",
@@ -131,10 +133,13 @@ class DistContext:
             dist_error = getattr(torch.distributed, "DistError", None)
             if not any_runtime_error and not (dist_error is not None and isinstance(e, dist_error)):
                 raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:200]  # gloo's "[pair.cc:561] " prefix
+            timed_out = "timed out" in first.lower() or "timeout" in first.lower()
             raise DistributedError(
                 f"rank {self.rank}/{self.world_size}: {what} failed ({first}); another rank probably died or hung "
                 "-- torchrun's failure summary names the first failing rank"
+                + ("; if rank 0 was only slow (evaluation), raise distributed.timeout_min" if timed_out else "")
             ) from e
 
     def barrier(self, what: str = "barrier") -> None:
@@ -293,14 +298,27 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, sync_bn: bool = False) -> 
     if not ctx.is_distributed:
         return model
     if sync_bn:
-        if ctx.device.type != "cuda":
-            raise InputError(f"distributed.sync_bn=true needs CUDA (torch's SyncBatchNorm rejects {ctx.device.type} "
-                             "inputs); on CPU use model.head_norm=gn and model.freeze_bn=true, or sync_bn=false")
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root (the root is the detector)
+        model = convert_sync_bn(model, ctx)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def convert_sync_bn(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """Replace every ``BatchNorm*d`` in ``model`` by ``SyncBatchNorm`` sharing its parameters and buffers.
+
+    ``FrozenBatchNorm2d`` (fixed statistics) and ``GroupNorm`` (no batch statistics) are left alone. The
+    returned module is ``model`` itself unless ``model`` is a BatchNorm layer.
+
+    Raises:
+        InputError: a CPU device: torch's SyncBatchNorm forward accepts GPU (CUDA/XPU/HPU) inputs only.
+    """
+    if ctx.device.type != "cuda":
+        raise InputError(f"distributed.sync_bn=true needs CUDA (torch's SyncBatchNorm rejects {ctx.device.type!r} "
+                         "inputs); on CPU use model.head_norm=gn and model.freeze_bn=true, or sync_bn=false")
+    converted: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+    return converted
 
 
 def distributed_loader(dataset: Any, *, batch_size: int, workers: int, seed: int, epoch: int,
