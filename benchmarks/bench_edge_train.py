@@ -132,7 +132,7 @@ def run_torchvision_peer(data: Path, budget: float, *, size: int = 192, batch: i
                                                                                        strict=True)]
             losses = model(x, targets)
             loss = sum(losses.values())
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 return {"name": "torchvision RetinaNet (ARCHITECTURE.md recipe)", "error": f"non-finite loss at "
                         f"step {step + 1}"}
             opt.zero_grad(set_to_none=True)
@@ -144,7 +144,7 @@ def run_torchvision_peer(data: Path, budget: float, *, size: int = 192, batch: i
             train_time += now - t_prev
             t_prev = now
             if step % 20 == 0:
-                print(f"  peer step {step} loss {float(loss):.4f} {images / train_time:.1f} img/s "
+                print(f"  peer step {step} loss {float(loss.detach()):.4f} {images / train_time:.1f} img/s "
                       f"{(now - t0) / 60:.1f}/{budget:g} min", flush=True)
             if now - t0 >= budget_s:
                 done = True

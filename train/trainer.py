@@ -216,13 +216,17 @@ def _rng_preserved() -> Iterator[None]:
 
 @contextmanager
 def _signals_stop(flag: threading.Event) -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: finish the step, evaluate and save (like a time budget). Second: interrupt."""
+    """First Ctrl-C or SIGTERM: finish the step, evaluate and save (like a time budget).
+
+    A second Ctrl-C interrupts at once; further SIGTERMs are ignored while the run saves (schedulers and
+    ``pkill`` may repeat SIGTERM before their SIGKILL; the save is what the grace period is for).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
+        if flag.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.set()
 
