@@ -79,13 +79,13 @@ class SynthConfig:
         noise: range of the per-pixel Gaussian noise sigma (0..255 scale).
     """
 
-    objects: tuple[int, int] = (3, 12)
-    under_distractors: tuple[int, int] = (3, 8)
-    over_distractors: tuple[int, int] = (1, 4)
+    objects: tuple[int, int] = (3, 10)
+    under_distractors: tuple[int, int] = (2, 6)
+    over_distractors: tuple[int, int] = (0, 3)
     min_visible: float = 0.6
     size_jitter: tuple[float, float] = (0.75, 1.25)
     min_object: int = 8
-    size_mix: tuple[float, float, float] = (0.5, 0.38, 0.12)
+    size_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)
     jpeg_quality: int = 90
     noise: tuple[float, float] = (2.0, 8.0)
 
