@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 # Tests run with --import-mode=importlib (test basenames repeat across the mirrored tree); the folders with
 # shared helper modules are put on sys.path here instead.
 for _helpers in ("engines", "export"):
