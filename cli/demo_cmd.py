@@ -117,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
     _summary(console.print, out, report_dir, video_dir, run_dir, timings, total)
     (out / "demo.json").write_text(json.dumps({"timings_s": timings, "total_s": total,
                                                "gate_passed": gate_code == 0}, indent=2) + "\n")
-    return gate_code
+    # the demo shows the pipeline; the gate verdict is printed, and `retinaedge validate` is what exits 1 on it
+    verdict = "[bold green]PASS" if gate_code == 0 else "[bold red]FAIL (a precision lost more AP than the gate allows)"
+    console.print(f"accuracy gate: {verdict}")
+    return 0
 
 
 def _summary(say: Callable[..., None], out: Path, report_dir: Path, video_dir: Path, run_dir: Path,
