@@ -25,18 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "out"
-
-
-def ensure_data(path: Path) -> Path:
-    if (path / "annotations" / "instances_train.json").is_file():
-        return path
-    from retinaedge.train.data.synth import write_synthetic_coco
-
-    print(f"writing the default synthetic set to {path} ...", flush=True)
-    write_synthetic_coco(path)
-    return path
+# one data default and one generator call for every benchmark script (run as `python benchmarks/...py`)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_edge_train import OUT, ensure_data
 
 
 def run(name: str, sets: list[str], *, data: Path, out: Path, budget: float, config: str) -> dict:
