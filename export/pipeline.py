@@ -242,23 +242,14 @@ def detect_pre_nms(outputs: Mapping[str, np.ndarray], spec: DetectorSpec,
     Returns:
         B `Detections` in original-image pixels.
     """
-    from retinaedge.runtime.nms import efficient_nms
+    from retinaedge.runtime.postprocess import to_detections
 
-    pp = spec.postprocess
+    # the pre-NMS graph ends before the weight-undo and clamp passes; the runtime's raw path does the rest
+    # (clamp, cached anchors, EfficientNMS twin, score filter, letterbox back-mapping) exactly as it does
+    # for every deployed model
     deltas = outputs[spec.io.box_deltas].astype(np.float32) / np.asarray(spec.box_coding.weights, np.float32)
-    deltas[..., 2:] = np.minimum(deltas[..., 2:], np.float32(spec.box_coding.clamp))
-    num, boxes, scores, classes = efficient_nms(
-        deltas, outputs[spec.io.cls_logits].astype(np.float32), spec.anchors_cxcywh()[None],
-        score_threshold=pp.score_threshold, iou_threshold=pp.iou_threshold, max_output_boxes=pp.max_detections,
-        class_agnostic=pp.class_agnostic,
-    )
-    dets = []
-    for i, meta in enumerate(metas):
-        k = int(num[i, 0])
-        keep = scores[i, :k] >= pp.score_threshold
-        dets.append(Detections(meta.to_original(boxes[i, :k][keep]), scores[i, :k][keep].astype(np.float32),
-                               classes[i, :k][keep].astype(np.int64)))
-    return dets
+    return to_detections({spec.io.cls_logits: outputs[spec.io.cls_logits], spec.io.box_deltas: deltas},
+                         spec, metas)
 
 
 def run_pre_nms(model: onnx.ModelProto, batch: np.ndarray, *, input_name: str, chunk: int = 8
