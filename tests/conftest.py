@@ -16,7 +16,7 @@ import pytest
 
 # Tests run with --import-mode=importlib (test basenames repeat across the mirrored tree); the folders with
 # shared helper modules are put on sys.path here instead.
-for _helpers in ("engines", "export"):
+for _helpers in ("engines", "export", "cli"):
     sys.path.insert(0, str(Path(__file__).parent / _helpers))
 
 

@@ -1,14 +1,13 @@
 """``retinaedge infer`` on image folders and videos with .onnx models; never imports torch."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_helpers import H
 
 from retinaedge.cli import main
 
@@ -16,19 +15,6 @@ av = pytest.importorskip("av")
 pytest.importorskip("onnxruntime")
 
 
-def _helpers():
-    """tests/runtime/conftest.py's helpers (oracle ONNX, synthetic scenes), loaded under a unique name."""
-    name = "retinaedge_tests_runtime_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "runtime" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """``retinaedge validate``: the gate's exit code, report.json keys, skipped engines, the torch reference row."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from runtime_helpers import H
 
 from retinaedge.cli import main
 
@@ -17,19 +16,6 @@ ROW_KEYS = ["model", "backend", "precision", "nms", "AP", "AP50", "AP75", "retai
             "latency_ms_p99", "max_abs_diff", "det_agreement", "batch_consistent", "pass"]
 
 
-def _helpers():
-    """tests/runtime/conftest.py's helpers (oracle ONNX, synthetic scenes), loaded under a unique name."""
-    name = "retinaedge_tests_runtime_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "runtime" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
 
 
 @pytest.fixture(scope="module")
