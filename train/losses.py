@@ -136,6 +136,13 @@ class RetinaNetLoss:
         self.box_coder = box_coder if box_coder is not None else BoxCoder.from_spec(spec)
         self._anchors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
+    def for_spec(self, spec: DetectorSpec) -> RetinaNetLoss:
+        """The same loss (every option, the same box coder) for another spec, e.g. a smaller input size."""
+        return RetinaNetLoss(spec=spec, alpha=self.alpha, gamma=self.gamma, box_loss=self.box_loss,
+                             smooth_l1_beta=self.smooth_l1_beta, fg_iou=self.fg_iou, bg_iou=self.bg_iou,
+                             allow_low_quality=self.allow_low_quality, box_weight=self.box_weight,
+                             box_coder=self.box_coder)
+
     def anchors(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
         """(N, 4) ``xyxy`` anchors of the spec on ``device``, cached."""
         key = (device, dtype)

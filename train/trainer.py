@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaedge.runtime.errors import InputError, RetinaEdgeError
+from retinaedge.runtime.errors import InputError, RetinaEdgeError, SpecError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
 from retinaedge.runtime.spec import DetectorSpec
 from retinaedge.train.checkpoint import get_rng_state, read_checkpoint, save_checkpoint, set_rng_state
@@ -63,6 +63,21 @@ class NonFiniteLossError(RetinaEdgeError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the batch's image ids."""
 
 
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype training uses on ``device``, or None for fp32.
+
+    fp16 on CUDA (with a GradScaler); bf16 on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX), where
+    oneDNN runs bf16 convolutions at about twice the fp32 rate; None elsewhere (emulated bf16 is slower).
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return None
+
+
 def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:
     """Learning-rate multiplier for optimiser step ``step`` (0-based) at training ``progress`` in [0, 1].
 
@@ -79,6 +94,46 @@ def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:
     else:
         decay = optim.step_gamma ** sum(progress >= m for m in optim.milestones)
     return warm * decay
+
+
+class _LowRes:
+    """The low-resolution phase of progressive resizing: a spec, a loss and a batch resize for a smaller input."""
+
+    def __init__(self, spec: DetectorSpec, loss: Any) -> None:
+        self.spec = spec
+        self.loss = loss
+
+    @classmethod
+    def make(cls, spec: DetectorSpec, cfg: TrainConfig, *, base_loss: Any) -> _LowRes:
+        import dataclasses
+
+        from retinaedge.train.losses import RetinaNetLoss
+
+        f = cfg.data.progressive_size / min(spec.input_height, spec.input_width)
+        h, w = round(spec.input_height * f), round(spec.input_width * f)
+        try:
+            low_spec = dataclasses.replace(spec, input_height=h, input_width=w)
+        except SpecError as e:
+            raise InputError(f"config data.progressive_size={cfg.data.progressive_size} gives a {h}x{w} input: "
+                             f"{e}") from None
+        if not isinstance(base_loss, RetinaNetLoss):
+            raise InputError("data.progressive_size needs the built-in RetinaNetLoss (an injected loss_fn has no "
+                             "spec to rescale); set data.progressive_size=0")
+        return cls(low_spec, base_loss.for_spec(low_spec))
+
+    def resize(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Downscale a (B, 3, H, W) batch to the low-resolution input; boxes scale with it, padding rows stay."""
+        import torch.nn.functional as F
+
+        h, w = self.spec.input_height, self.spec.input_width
+        sy, sx = h / images.shape[-2], w / images.shape[-1]
+        small = F.interpolate(images.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        out = dict(targets)
+        out["boxes"] = targets["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=targets["boxes"].dtype,
+                                                       device=targets["boxes"].device)
+        return small.contiguous(memory_format=torch.channels_last) if images.is_contiguous(
+            memory_format=torch.channels_last) else small, out
 
 
 def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -364,7 +419,8 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         device = ctx.device
-        use_amp = bool(cfg.amp and device.type == "cuda")
+        amp_dtype = autocast_dtype(device, cfg.amp)
+        use_amp = amp_dtype is torch.float16  # the GradScaler is for fp16 only; bf16 has fp32's exponent range
 
         names, cat_ids = read_categories(self.train_ann)
         spec = make_spec(cfg, names, cat_ids)
@@ -393,6 +449,7 @@ class Trainer:
             spec=spec, alpha=lc.alpha, gamma=lc.gamma, box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta,
             fg_iou=lc.fg_iou, bg_iou=lc.bg_iou, allow_low_quality=lc.allow_low_quality, box_weight=lc.box_weight,
         )
+        low = _LowRes.make(spec, cfg, base_loss=loss_fn) if cfg.data.progressive_size else None
         optimizer = build_optimizer(model, cfg.optim)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -492,11 +549,14 @@ class Trainer:
                     rep.message(m)
                 for name, ds in (("train", train_ds), ("val", val_ds)):
                     write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
-                rep.message(f"training on {device} ({torch.get_num_threads()} threads)"
+                rep.message(f"training on {device} ({torch.get_num_threads()} threads"
+                            + (f", {str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else ", fp32)")
                             + (f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else "")
                             + f": {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
                             + (f", {accumulate} micro-batches per step" if accumulate > 1 else "")
-                            + (f", budget {cfg.time_budget_min:g} min" if budget_s else ""))
+                            + (f", budget {cfg.time_budget_min:g} min" if budget_s else "")
+                            + (f"; the first {cfg.data.progressive_fraction:.0%} at {low.spec.input_height}x"
+                               f"{low.spec.input_width} (progressive resizing)" if low is not None else ""))
                 model.train()
                 _, agreed_elapsed = ctx.agree_stop(0, elapsed())  # the budget clock every rank's lr uses
                 micro = 0  # micro-batches done in the current optimiser step
@@ -515,6 +575,7 @@ class Trainer:
                                 progress = max(progress, (agreed_elapsed if ctx.is_distributed else elapsed())
                                                / budget_s)
                             lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
+                            step_low = low is not None and progress < cfg.data.progressive_fraction
                             for g in optimizer.param_groups:
                                 g["lr"] = lr
                             optimizer.zero_grad(set_to_none=True)
@@ -525,10 +586,15 @@ class Trainer:
                         if channels_last:
                             images = images.contiguous(memory_format=torch.channels_last)
                         tg = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+                        step_loss = loss_fn
+                        if step_low and low is not None:
+                            images, tg = low.resize(images, tg)
+                            step_loss = low.loss
                         with ctx.maybe_no_sync(train_model, sync=sync):  # DDP all-reduces on the step's last one
-                            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                                enabled=amp_dtype is not None):
                                 outputs = train_model(images)
-                                losses = loss_fn(outputs, tg)
+                                losses = step_loss(outputs, tg)
                             # normalised by the positives of the whole step on all ranks; global value to check
                             loss, global_loss = gloss.add(losses)
                             if not math.isfinite(global_loss):

@@ -23,7 +23,8 @@ from retinaedge.train.config import TrainConfig, config_to_dict, load_config
 from retinaedge.train.model import build_model
 
 TINY = ["model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1", "model.gn_groups=4",
-        "model.channels_last=false", "data.input_size=64", "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]"]
+        "model.channels_last=false", "data.input_size=64", "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]",
+        "data.progressive_size=0"]
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_overrides_are_parsed_by_field_type() -> None:
         "loss.allow_low_quality=false",  # bool
         "model.backbone=resnet34",     # bare word -> Literal
         'optim.name="sgd"',            # quoted string
-        "data.input_size=[128, 256]",  # list -> tuple
+        "data.input_size=[128, 256]", "data.progressive_size=0",  # list -> tuple
         "anchors.sizes=[8, 16, 32, 64, 128]",  # ints -> floats
         "model.backbone_weights=none",  # None
         "time_budget_min=2",           # int -> float
@@ -82,6 +82,8 @@ def test_overrides_are_parsed_by_field_type() -> None:
         ("loss.alpha=2", r"loss\.alpha=2\.0 must be in \[0, 1\], or -1"),
         ("optim.milestones=[0.9, 0.5]", r"optim\.milestones=\(0\.9, 0\.5\) must be increasing"),
         ("noequals", r"'noequals' is not key=value"),
+        ("data.progressive_size=256", r"data\.progressive_size=256 must be 0 \(off\) or below the input size"),
+        ("data.progressive_fraction=1.5", r"data\.progressive_fraction=1\.5 must be in \[0, 1\]"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(override: str, pattern: str) -> None:
@@ -126,7 +128,7 @@ def test_apply_overrides_creates_missing_tables() -> None:
 
 def test_make_spec_applies_input_size_and_overrides() -> None:
     c = load_config("edge", [
-        "data.input_size=[128, 256]", "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]",
+        "data.input_size=[128, 256]", "data.progressive_size=0", "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]",
         "postprocess.score_threshold=0.2", "postprocess.max_detections=7",
     ])
     spec = make_spec(c, ["a", "b"], [4, 9])

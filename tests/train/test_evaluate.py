@@ -137,6 +137,7 @@ def test_cli_eval_prints_table_and_writes_json(data: Path, tmp_path: Path,
     spec = _spec(data)
     config = load_config("edge", ["model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1",
                                   "model.gn_groups=4", "model.channels_last=false", "data.input_size=64",
+                                  "data.progressive_size=0",
                                   "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]"])
     torch.manual_seed(0)
     model = build_model(spec, config.model)

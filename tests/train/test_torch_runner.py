@@ -24,6 +24,7 @@ SPEC = DetectorSpec(class_names=("a", "b", "c"), category_ids=(1, 2, 3), input_h
                     postprocess=PostProcess(score_threshold=0.0, max_detections=7))
 CONFIG = load_config("edge", ["model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1",
                               "model.gn_groups=4", "model.channels_last=false", "data.input_size=64",
+                              "data.progressive_size=0",
                               "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]"])
 
 

@@ -15,14 +15,14 @@ from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.spec import DetectorSpec
 from retinaedge.train.config import TrainConfig, load_config, make_spec
 from retinaedge.train.data.coco import read_categories
-from retinaedge.train.trainer import NonFiniteLossError, Trainer, lr_factor, train
+from retinaedge.train.trainer import NonFiniteLossError, Trainer, autocast_dtype, lr_factor, train
 
 # 64 px inputs, 2 FPN levels, 8 channels, frozen backbone: seconds per run on one thread
 TINY = [
     "num_threads=1", "eval_batch_size=4", "log_every=1", "eval_every=1", "epochs=2",
     "model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1", "model.gn_groups=4",
     "model.channels_last=false", "model.trainable_layers=0",
-    "data.input_size=64", "data.batch_size=2", "data.workers=0",
+    "data.input_size=64", "data.progressive_size=0", "data.batch_size=2", "data.workers=0",
     "anchors.strides=[8, 16]", "anchors.sizes=[12, 24]",
     "optim.warmup_iters=2",
 ]
@@ -59,6 +59,21 @@ def test_lr_factor_warmup_cosine_and_step() -> None:
     s = tiny("optim.warmup_iters=0", "optim.schedule=step", "optim.milestones=[0.5, 0.75]",
              "optim.step_gamma=0.1").optim
     assert [lr_factor(s, 50, p) for p in (0.0, 0.49, 0.5, 0.8)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+@pytest.mark.parametrize(("amp", "device", "bf16_cpu", "expected"), [
+    (False, "cpu", True, None),
+    (False, "cuda", True, None),
+    (True, "cuda", False, torch.float16),  # fp16 + GradScaler on CUDA whatever the host CPU
+    (True, "cpu", True, torch.bfloat16),  # native bf16 (AVX512-BF16 / AMX): autocast
+    (True, "cpu", False, None),  # emulated bf16 is slower than fp32: stay fp32
+])
+def test_autocast_dtype_by_device_and_cpu_features(amp: bool, device: str, bf16_cpu: bool,
+                                                   expected: torch.dtype | None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert autocast_dtype(torch.device(device), amp) is expected
 
 
 def test_cli_train_writes_every_artifact(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,6 +155,31 @@ def test_time_budget_stops_after_the_step_then_evaluates_and_saves(data: Path, t
     assert json.loads((out / "metrics.json").read_text())["step"] == 1
     again = train(tiny("time_budget_min=1e-9"), data=data, out=out, log=_quiet, progress=False, resume=True)
     assert again["step"] == 1 and "already used" in again["stopped"]  # a spent budget trains no further
+
+
+def test_progressive_resizing_runs_the_first_fraction_at_the_smaller_input(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinaedge.train.trainer import _LowRes
+
+    shapes: list[tuple[int, ...]] = []
+    resize = _LowRes.resize
+
+    def spy(self: _LowRes, images: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
+        small, t = resize(self, images, targets)
+        shapes.append(tuple(small.shape))
+        real = targets["labels"] >= 0  # boxes halve with the image, padding rows stay zero
+        torch.testing.assert_close(t["boxes"][real], targets["boxes"][real] * 0.5)
+        return small, t
+
+    monkeypatch.setattr(_LowRes, "resize", spy)
+    # 2 epochs x 3 steps: progress 0, 1/6, 2/6 are below 0.5 -> three low-resolution steps, then three at 64 px
+    m = train(tiny("data.progressive_size=32", "data.progressive_fraction=0.5"), data=data, out=tmp_path / "p",
+              log=_quiet, progress=False)
+    assert shapes == [(2, 3, 32, 32)] * 3
+    assert m["step"] == 6 and math.isfinite(m["AP"])
+    with pytest.raises(InputError, match=r"progressive_size=24 gives a 24x24 input: .*multiple of the largest"):
+        train(tiny("data.progressive_size=24", "data.progressive_fraction=0.5"), data=data, out=tmp_path / "q",
+              log=_quiet, progress=False)
 
 
 def test_sigterm_stops_cleanly_after_the_step(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
