@@ -76,6 +76,9 @@ class OrtRunner(Runner):
         spec: the detector spec; default: the ``retinaedge.spec`` metadata, else ``spec.json`` beside the file.
         providers: ORT execution providers, in priority order; each must be available (no silent fallback).
         threads: intra-op threads (default: ORT's choice, one per core).
+        spin: let idle intra-op threads busy-wait for work (ORT's default). Lowest latency when the model
+            has the cores to itself; turn it off when other threads share them (the video pipeline's decoder
+            and writer), or the spinning starves them.
         raw: return the raw heads ``{spec.io.cls_logits: (B, N, C), spec.io.box_deltas: (B, N, 4)}`` (for an
             ``efficient`` graph: the plugin's inputs; otherwise the tensors of those names) instead of the
             graph's detection outputs.
@@ -95,6 +98,7 @@ class OrtRunner(Runner):
         spec: DetectorSpec | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
+        spin: bool = True,
         raw: bool = False,
         name: str | None = None,
     ) -> None:
@@ -106,6 +110,7 @@ class OrtRunner(Runner):
         self.path = Path(path)
         self.providers = tuple(providers)
         self.threads = threads
+        self.spin = spin
         self.raw = raw
         model = load_onnx_model(self.path, load_external_data=False)
         self.metadata = metadata_of(model)
@@ -119,6 +124,13 @@ class OrtRunner(Runner):
         self._input_name = ""
         self._input_dtype: type[np.generic] = np.uint8
         self._fetch: list[str] = []
+
+    @property
+    def on_host_cpu(self) -> bool:
+        return all(p == "CPUExecutionProvider" for p in self.providers)
+
+    def share_cores(self) -> None:
+        self.spin = False  # read when the session is created
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -136,6 +148,9 @@ class OrtRunner(Runner):
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(model_source, sess_options=options, providers=list(self.providers))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NotImplemented types

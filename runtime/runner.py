@@ -45,6 +45,22 @@ class Runner(ABC):
     def is_active(self) -> bool:
         return self._active
 
+    @property
+    def on_host_cpu(self) -> bool:
+        """Whether the model's arithmetic runs on the host's CPU cores (True unless a backend says otherwise).
+
+        The video pipeline uses it: when decoding, drawing and encoding share cores with the model, its threads
+        take turns instead of pre-empting the model's thread pool.
+        """
+        return True
+
+    def share_cores(self) -> None:
+        """Hint that other busy threads share the host's cores from the next `activate` on (no-op by default).
+
+        ONNX Runtime uses it to stop its idle pool threads from spinning, which would starve those threads.
+        """
+        return None  # a backend without a host thread pool has nothing to change
+
     def activate(self) -> None:
         """Allocate sessions, contexts, streams and buffers."""
         if not self._active:

@@ -77,6 +77,10 @@ class TrtRunner(Runner):
 
     backend: Backend = "trt"
 
+    @property
+    def on_host_cpu(self) -> bool:
+        return False  # the engine runs on the GPU (or DLA); host threads overlap with it freely
+
     def __init__(
         self,
         *,

@@ -28,7 +28,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -114,7 +115,10 @@ class VideoStats:
         frames_written: frames written to the JSONL (and the video, when written).
         frames_dropped: live frames dropped because the pipeline was behind (always 0 for files).
         wall_s: seconds from opening the source to closing the outputs.
-        fps: ``frames_written / wall_s``.
+        fps: ``frames_written / wall_s`` (opening the source, loading the model and starting the encoder
+            included).
+        steady_fps: frames per second between the first and the last written frame: the pipeline's running
+            rate, start-up excluded (equal to ``fps`` for fewer than 2 frames).
         model_fps: frames per second of preprocess + model + post-process time alone.
         stage_ms: mean milliseconds per frame of each stage: ``decode`` (includes waiting for a live source),
             ``preprocess``, ``infer``, ``postprocess`` (per batch, divided by its frames) and ``write``
@@ -136,6 +140,7 @@ class VideoStats:
     frames_dropped: int
     wall_s: float
     fps: float
+    steady_fps: float
     model_fps: float
     stage_ms: Mapping[str, float]
     latency_ms_p50: float
@@ -153,7 +158,8 @@ class VideoStats:
         """One line for logs: status, frames, fps, latency."""
         line = (
             f"{self.status}: read {self.frames_read}, wrote {self.frames_written}, dropped {self.frames_dropped} "
-            f"frames in {self.wall_s:.2f} s ({self.fps:.1f} fps, model {self.model_fps:.1f} fps), "
+            f"frames in {self.wall_s:.2f} s ({self.fps:.1f} fps, steady {self.steady_fps:.1f} fps, model "
+            f"{self.model_fps:.1f} fps), "
             f"latency p50 {self.latency_ms_p50:.1f} ms p99 {self.latency_ms_p99:.1f} ms"
         )
         return line if self.message is None else f"{line} — {self.message}"
@@ -168,6 +174,56 @@ class _Frame:
 
 
 _END = object()  # end-of-stream marker passed down both queues
+
+
+class _Turns:
+    """Inference runs alone; decoding and writing (light, single-threaded) may run beside each other.
+
+    A readers-writer lock with the model as the writer: `model` waits until no light stage is inside and
+    keeps them out while it runs; `light` waits while the model runs (or is waiting, so it is not starved).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._light = 0
+        self._model = False
+        self._model_waiting = 0
+
+    @contextlib.contextmanager
+    def model(self) -> Iterator[None]:
+        with self._cond:
+            self._model_waiting += 1
+            self._cond.wait_for(lambda: not self._model and self._light == 0)
+            self._model_waiting -= 1
+            self._model = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._model = False
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def light(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._model and not self._model_waiting)
+            self._light += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._light -= 1
+                self._cond.notify_all()
+
+
+class _Free:
+    """No turns: every stage runs whenever it can (the model is not on the host's cores)."""
+
+    def model(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def light(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 @dataclass
@@ -185,6 +241,10 @@ class _State:
     times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("decode", "preprocess", "infer", "postprocess", "write"), 0.0))
     latencies: list[float] = field(default_factory=list)
+    # held around each stage's CPU work when the model shares the host's cores (see run_video's share_cores)
+    turns: _Turns | _Free = field(default_factory=_Free)
+    first_written: float | None = None  # perf_counter of the first and the last frame written
+    last_written: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def stop_with(self, status: Status, message: str) -> None:
@@ -252,19 +312,23 @@ def open_source(source: Source, *, open_timeout: float, stall_timeout: float) ->
 
 
 def _decode_loop(container: Any, source: Source, state: _State, out_q: queue.Queue[Any],
-                 stop: threading.Event, max_frames: int | None, stall_timeout: float) -> None:
+                 stop: threading.Event, max_frames: int | None, stall_timeout: float, shared_cores: bool) -> None:
     av = require("av", purpose="video inference")
     stream = container.streams.video[0]
-    if not source.live:
-        stream.thread_type = "AUTO"  # frame threads: faster for files, a few frames of extra latency
     t_prev = time.perf_counter()
     try:
-        for packet in container.demux(stream):
-            for frame in packet.decode():
-                image = frame.to_ndarray(format="rgb24")
+        if not source.live and shared_cores:
+            stream.codec_context.thread_count = 1  # FFmpeg's own threads would run outside the turns
+        elif not source.live:
+            stream.thread_type = "AUTO"  # frame threads: faster for files, a few frames of extra latency
+        for packet in container.demux(stream):  # waits for a live source's data outside the turn
+            # a live source is decoded as it arrives (the drop policy keeps the newest frames); a file waits its turn
+            with nullcontext() if source.live else state.turns.light():
+                decoded = [(frame.time, frame.to_ndarray(format="rgb24")) for frame in packet.decode()]
+            for pts, image in decoded:
                 now = time.perf_counter()
                 state.times["decode"] += now - t_prev
-                item = _Frame(state.frames_read, frame.time, image, now)
+                item = _Frame(state.frames_read, pts, image, now)
                 state.frames_read += 1
                 state.last_activity = now
                 if source.live:
@@ -329,13 +393,14 @@ def _infer_loop(detector: Detector, batch: int, live: bool, state: _State, in_q:
                 frames.append(nxt)
             if stop.is_set() and state.failure is not None:
                 continue
-            t0 = time.perf_counter()
-            x, metas = preprocess_batch([f.image for f in frames], spec)
-            t1 = time.perf_counter()
-            outputs = runner.infer(x)
-            t2 = time.perf_counter()
-            dets = to_detections(outputs, spec, metas)
-            t3 = time.perf_counter()
+            with state.turns.model():
+                t0 = time.perf_counter()
+                x, metas = preprocess_batch([f.image for f in frames], spec)
+                t1 = time.perf_counter()
+                outputs = runner.infer(x)
+                t2 = time.perf_counter()
+                dets = to_detections(outputs, spec, metas)
+                t3 = time.perf_counter()
             state.times["preprocess"] += t1 - t0
             state.times["infer"] += t2 - t1
             state.times["postprocess"] += t3 - t2
@@ -359,8 +424,9 @@ class _Writer:
     """Annotated MP4 (written to ``.part`` and renamed when closed) and the JSONL, in the writer thread."""
 
     def __init__(self, out_dir: Path, class_names: Sequence[str], fps: Fraction, write_video: bool,
-                 codec: str, min_score: float) -> None:
+                 codec: str, min_score: float, shared_cores: bool = False) -> None:
         self.class_names = tuple(class_names)
+        self.shared_cores = shared_cores
         self.fps = fps
         self.write_video = write_video
         self.codec = codec
@@ -387,6 +453,8 @@ class _Writer:
         stream.pix_fmt = "yuv420p"
         if stream.codec_context.name == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "23"}
+            if self.shared_cores:
+                stream.options = {**stream.options, "threads": "1"}  # x264's threads would run outside the turns
         self.stream = stream
 
     def write(self, frame: _Frame, dets: Detections) -> None:
@@ -429,7 +497,8 @@ def _write_loop(writer: _Writer, state: _State, in_q: queue.Queue[Any], stop: th
         frame, dets = item  # frames inferred before a model failure are still written
         t0 = time.perf_counter()
         try:
-            writer.write(frame, dets)
+            with state.turns.light():
+                writer.write(frame, dets)
         except Exception as e:  # re-raised in the caller once the outputs are closed
             state.failure, failed = e, True
             stop.set()
@@ -437,6 +506,9 @@ def _write_loop(writer: _Writer, state: _State, in_q: queue.Queue[Any], stop: th
         t1 = time.perf_counter()
         state.times["write"] += t1 - t0
         state.latencies.append(t1 - frame.t_ready)
+        if state.first_written is None:
+            state.first_written = t1
+        state.last_written = t1
         state.frames_written += 1
         if progress is not None:
             progress(state.frames_written)
@@ -455,10 +527,20 @@ def run_video(
     max_frames: int | None = None,
     format: str | None = None,
     codec: str = "libx264",
-    min_score: float = 0.0,
+    min_score: float = 0.3,
     progress: Callable[[int], None] | None = None,
+    share_cores: bool | None = None,
 ) -> VideoStats:
     """Run a detector over a video file, stream URL or capture device.
+
+    Three threads (decode, inference, write) joined by two bounded queues. When the model runs on the host's
+    CPU cores (``share_cores``, by default ``detector.runner.on_host_cpu``), the threads take turns at their
+    CPU work (an inference call runs alone; decoding a file's packet and writing a frame may overlap each
+    other but not the model; a live source is decoded as it arrives), FFmpeg and x264 run
+    single-threaded and the runner is told to `share_cores` (ONNX Runtime stops spinning idle threads): a
+    thread that pre-empts one of ONNX Runtime's pool threads stalls the whole operator until it is
+    rescheduled, which cost a 2-core CPU a third of its frame rate (benchmarks/RESULTS.md).
+    On a GPU the threads overlap freely.
 
     Args:
         detector: runner + spec; its runner is activated and deactivated in the inference thread.
@@ -472,8 +554,9 @@ def run_video(
         max_frames: stop after this many frames (e.g. for a camera).
         format: force the PyAV input format (e.g. ``mpegts``); probed when None.
         codec: output video codec; falls back to ``mpeg4`` when unavailable.
-        min_score: detections below it are not drawn (all are written to the JSONL).
+        min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
         progress: called in the writer thread with the number of frames written so far.
+        share_cores: take turns as described above; None decides from ``detector.runner.on_host_cpu``.
 
     Returns:
         `VideoStats`, also written to ``out_dir/stats.json``. A corrupt, truncated or stalled stream is not an
@@ -491,15 +574,18 @@ def run_video(
     container = open_source(src, open_timeout=open_timeout, stall_timeout=stall_timeout)
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-    state = _State()
+    shared = detector.runner.on_host_cpu if share_cores is None else share_cores
+    if shared:
+        detector.runner.share_cores()
+    state = _State(turns=_Turns() if shared else _Free())
     stop = threading.Event()
     decode_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     write_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     writer = _Writer(out, detector.spec.class_names, Fraction(rate).limit_denominator(1001 * 1000), write_video,
-                     codec, min_score)
+                     codec, min_score, shared)
     threads = {
         "decode": threading.Thread(target=_decode_loop, name="retinaedge-decode", daemon=True,
-                                   args=(container, src, state, decode_q, stop, max_frames, stall_timeout)),
+                                   args=(container, src, state, decode_q, stop, max_frames, stall_timeout, shared)),
         "infer": threading.Thread(target=_infer_loop, name="retinaedge-infer", daemon=True,
                                   args=(detector, batch, src.live, state, decode_q, write_q, stop)),
         "write": threading.Thread(target=_write_loop, name="retinaedge-write", daemon=True,
@@ -549,6 +635,11 @@ def _make_stats(source: str, src: Source, state: _State, batch: int, wall: float
     stage_ms = {k: 1000.0 * v / max(1, counts.get(k, state.frames_inferred)) for k, v in state.times.items()}
     model_time = state.times["preprocess"] + state.times["infer"] + state.times["postprocess"]
     lat = np.asarray(state.latencies, dtype=np.float64) * 1000.0
+    fps = state.frames_written / wall if wall > 0 else 0.0
+    steady = fps
+    if state.frames_written >= 2 and state.first_written is not None and state.last_written is not None:
+        span = state.last_written - state.first_written
+        steady = (state.frames_written - 1) / span if span > 0 else fps
     return VideoStats(
         source=source,
         live=src.live,
@@ -559,7 +650,8 @@ def _make_stats(source: str, src: Source, state: _State, batch: int, wall: float
         frames_written=state.frames_written,
         frames_dropped=state.frames_dropped,
         wall_s=wall,
-        fps=state.frames_written / wall if wall > 0 else 0.0,
+        fps=fps,
+        steady_fps=steady,
         model_fps=state.frames_inferred / model_time if model_time > 0 else 0.0,
         stage_ms=stage_ms,
         latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else 0.0,
@@ -608,7 +700,7 @@ def run_images(
     out_dir: str | Path,
     batch: int = 1,
     write_images: bool = True,
-    min_score: float = 0.0,
+    min_score: float = 0.3,
     progress: Callable[[int], None] | None = None,
 ) -> ImageStats:
     """Run a detector over every image of a folder.
@@ -619,7 +711,7 @@ def run_images(
         out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` go.
         batch: images per inference call.
         write_images: also write annotated copies.
-        min_score: detections below it are not drawn (all are written to the JSONL).
+        min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
         progress: called with the number of images done so far.
 
     Returns:

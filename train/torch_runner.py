@@ -39,6 +39,10 @@ class TorchRunner(Runner):
     backend = "torch"
     precision = "fp32"
 
+    @property
+    def on_host_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
     def __init__(self, *, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None,
                  spec: DetectorSpec | None = None, raw: bool = False, device: str | torch.device = "cpu",
                  name: str | None = None) -> None:

@@ -228,6 +228,7 @@ def oracle_onnx(path: Path, spec: DetectorSpec, *, precision: str = "fp32", shif
 
 PIPELINE_TINY = ["model.backbone=resnet18", "model.fpn_channels=8", "model.head_channels=8", "model.head_depth=1",
                  "model.gn_groups=4", "model.channels_last=false", "data.input_size=64", "anchors.strides=[8, 16]",
+                 "data.progressive_size=0",
                  "anchors.sizes=[12, 24]"]
 
 

@@ -219,6 +219,18 @@ def test_plugin_domain_and_anchor_forms(tmp_path, rng, domain, anchors):
     assert (r.plugin.anchors_value is None) == (anchors == "computed")
 
 
+def test_no_spin_session_gives_the_same_detections(model_dir, rng):
+    batch, _ = preprocess_batch(images(rng, 2), make_spec())
+    with OrtRunner(path=model_dir / "model.fp32.onnx", threads=2) as r:
+        ref = r.infer(batch)
+    with OrtRunner(path=model_dir / "model.fp32.onnx", threads=2, spin=False) as r:
+        out = r.infer(batch)
+        options = r._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for k, v in ref.items():
+        np.testing.assert_array_equal(out[k], v)
+
+
 def test_detector_end_to_end_gives_original_pixel_detections(model_dir, rng):
     spec = make_spec()
     imgs = images(rng, 3)

@@ -112,6 +112,21 @@ def test_file_end_to_end_frame_count_schema_and_ap50(clip, squares, tmp_path):
     assert saved["frames_written"] == n and saved["status"] == "ok"
     assert set(saved["stage_ms"]) == {"decode", "preprocess", "infer", "postprocess", "write"}
     assert stats.fps > 0 and stats.latency_ms_p99 >= stats.latency_ms_p50 > 0
+    # the running rate leaves out start-up (opening, activation, encoder set-up), so it is never below fps
+    assert stats.steady_fps >= stats.fps and saved["steady_fps"] == stats.steady_fps
+
+
+def test_steady_fps_counts_intervals_between_the_first_and_last_written_frame():
+    from retinaedge.runtime.video import Source, _make_stats, _State
+
+    state = _State(frames_read=5, frames_inferred=5, frames_written=5, first_written=10.0, last_written=12.0)
+    src = Source(kind="file", url="x.mp4")
+    stats = _make_stats("x.mp4", src, state, 1, 4.0, None, Path("x.jsonl"))
+    assert stats.fps == 5 / 4.0  # end to end: 5 frames over the 4 s wall
+    assert stats.steady_fps == 4 / 2.0  # 4 frame intervals in the 2 s between the first and last write
+    one = _make_stats("x.mp4", src, _State(frames_written=1, first_written=1.0, last_written=1.0), 1, 2.0, None,
+                      Path("x.jsonl"))
+    assert one.steady_fps == one.fps == 0.5
 
 
 def test_batched_and_single_frame_runs_agree(clip, squares, tmp_path):
