@@ -8,6 +8,8 @@ training step = forward + loss (matching included) + backward + SGD step. The tw
 in rounds, ``--iters`` steps each per round, and the ratio of median step times is printed.
 
     .venv/bin/python benchmarks/bench_train_throughput.py --iters 5 --rounds 4 --batch 8 --size 256
+    .venv/bin/python benchmarks/bench_train_throughput.py --precision bf16      # both under CPU bf16 autocast
+    .venv/bin/python benchmarks/bench_train_throughput.py --precision default   # each as its trainer runs
 
 Defaults mirror the ``edge`` preset (R18, FPN/head 64, head depth 2, GroupNorm 16, trainable BN, P6 from P5,
 256 px). ``--json OUT`` writes the numbers.
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true", help="ours in NCHW too (ablation)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "default"], default="fp32",
+                   help="fp32: both fp32; bf16: both under CPU bf16 autocast; default: each as its trainer runs "
+                        "on this machine (ours: bf16 autocast where the CPU has native bf16, as `retinaedge "
+                        "train` does; torchvision's reference scripts: fp32 on CPU)")
     p.add_argument("--json", type=Path, help="write results here")
     args = p.parse_args(argv)
 
@@ -125,16 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     pixels = images * 255  # identical pixels: ours takes 0..255, torchvision 0..1 with mean/std scaled to match
     tv_images = list(images)
 
+    from retinaedge.train.trainer import autocast_dtype
+
+    cpu = torch.device("cpu")
+    dtype_ours = {"fp32": None, "bf16": torch.bfloat16, "default": autocast_dtype(cpu, True)}[args.precision]
+    dtype_tv = torch.bfloat16 if args.precision == "bf16" else None
+
+    def autocast(dtype: torch.dtype | None):
+        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
     def step_ours() -> float:
-        loss = loss_fn(ours(pixels), targets)["loss"]
+        with autocast(dtype_ours):
+            loss = loss_fn(ours(pixels), targets)["loss"]
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
         return float(loss.detach())
 
     def step_tv() -> float:
-        losses = tv(tv_images, tv_targets)
-        loss = sum(losses.values())
+        with autocast(dtype_tv):
+            losses = tv(tv_images, tv_targets)
+            loss = sum(losses.values())
         opt_tv.zero_grad(set_to_none=True)
         loss.backward()
         opt_tv.step()
@@ -157,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ips = {k: args.batch / v for k, v in med.items()}
     ratio = ips["ours"] / ips["torchvision"]
     print(f"R18-FPN P3-P7, width {args.width}, head {args.head_depth}x{args.head_norm}, {args.size}px, batch "
-          f"{args.batch}, {args.threads} threads, {args.rounds}x{args.iters} steps each")
+          f"{args.batch}, {args.threads} threads, {args.rounds}x{args.iters} steps each, precision "
+          f"ours {dtype_ours or 'fp32'} / torchvision {dtype_tv or 'fp32'}")
     for k in ("ours", "torchvision"):
         print(f"  {k:12s} {ips[k]:7.2f} img/s  (median step {med[k] * 1000:.0f} ms)")
     print(f"  ratio ours/torchvision: {ratio:.3f}x  (goal >= 1.25x)")
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": {k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in vars(args).items()},
+                                         "dtype": {"ours": str(dtype_ours or "fp32"),
+                                                   "torchvision": str(dtype_tv or "fp32")},
                                          "img_per_s": ips, "median_step_s": med, "ratio": ratio,
                                          "step_times_s": times}, indent=2) + "\n")
     return 0
