@@ -10,7 +10,7 @@ What an image holds, and why:
 
 * **Objects** are *filled* shapes of five classes (`CATEGORIES`): circle, square, triangle, star, cross, with
   small random rotations and aspect changes. Sizes run from 8 px to half the image side, drawn from a mix
-  that favours small objects (by default 50 % are 8..24 px, 38 % 24..S/4, 12 % S/4..S/2): most anchors see
+  (by default 25 % are 8..24 px, 50 % 24..S/4, 25 % S/4..S/2; `SynthConfig.size_mix`): most anchors see
   background, the foreground/background imbalance focal loss exists for.
 * **Distractors** that are not objects: *hollow* outlines of the same five shapes, circle segments of at most
   half a circle, elongated ellipses and bars, irregular spiky blobs, lines, speckles and text-like
