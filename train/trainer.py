@@ -73,9 +73,16 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    if device.type == "cpu" and _native_bf16_cpu():
         return torch.bfloat16
     return None
+
+
+def _native_bf16_cpu() -> bool:
+    try:  # private helpers (torch >= 2.1); a torch without them gets fp32
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:

@@ -76,6 +76,11 @@ def test_autocast_dtype_by_device_and_cpu_features(amp: bool, device: str, bf16_
     assert autocast_dtype(torch.device(device), amp) is expected
 
 
+def test_autocast_dtype_without_torch_cpu_feature_helpers_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert autocast_dtype(torch.device("cpu"), True) is None
+
+
 def test_cli_train_writes_every_artifact(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     argv = ["train", "--data", str(data), "--config", "edge", "--out", str(out), "--epochs", "2"]
