@@ -340,25 +340,16 @@ def distributed_loader(dataset: Any, *, batch_size: int, workers: int, seed: int
     Returns:
         A DataLoader of ``ceil(ceil(len(dataset) / world_size) / batch_size)`` batches.
     """
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DistributedSampler
 
-    from retinaedge.train.data.coco import _worker_init, collate
+    from retinaedge.train.data.coco import make_loader
 
-    if batch_size < 1:
-        raise InputError(f"batch_size={batch_size!r} must be >= 1")
-    if workers < 0:
-        raise InputError(f"workers={workers!r} must be >= 0 (0 loads in the main process)")
     sampler: DistributedSampler[Any] = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                                           shuffle=True, seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     aug_seed = seed + epoch + 1_000_003 * ctx.rank  # rank 0 of any world: the same stream
-    gen = torch.Generator()
-    gen.manual_seed(aug_seed)
-    if workers == 0 and hasattr(dataset, "reseed"):
-        dataset.reseed(aug_seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      worker_init_fn=_worker_init if workers > 0 else None, generator=gen,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers, seed=aug_seed,
+                       sampler=sampler)
 
 
 def resume_batch(batch: int, *, old_world: int, old_batch_size: int, world: int, batch_size: int) -> int:

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.errors import DataError, InputError
@@ -468,7 +468,7 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset[Any], *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                drop_last: bool = False) -> DataLoader[Any]:
+                drop_last: bool = False, sampler: Sampler[Any] | None = None) -> DataLoader[Any]:
     """A seeded DataLoader with `collate`.
 
     Args:
@@ -480,6 +480,8 @@ def make_loader(dataset: Dataset[Any], *, batch_size: int, shuffle: bool, worker
         seed: seeds the shuffle order and each worker's augmentation generator (``seed``-derived per
             worker), and the in-process generator when ``workers == 0``.
         drop_last: drop the last incomplete batch.
+        sampler: draws the order instead of ``shuffle`` (which must then be False), e.g. a
+            ``DistributedSampler``; ``seed`` still seeds the augmentation.
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding `collate` batches; pinned memory only with CUDA.
@@ -492,6 +494,7 @@ def make_loader(dataset: Dataset[Any], *, batch_size: int, shuffle: bool, worker
     gen.manual_seed(seed)
     if workers == 0 and hasattr(dataset, "reseed"):
         dataset.reseed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                      collate_fn=collate,
                       worker_init_fn=_worker_init if workers > 0 else None, generator=gen,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
