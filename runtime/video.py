@@ -495,9 +495,9 @@ def _write_loop(writer: _Writer, state: _State, in_q: queue.Queue[Any], stop: th
         if failed:
             continue  # drain so the inference thread can finish
         frame, dets = item  # frames inferred before a model failure are still written
-        t0 = time.perf_counter()
         try:
             with state.turns.light():
+                t0 = time.perf_counter()  # the stage's own time, not the wait for its turn
                 writer.write(frame, dets)
         except Exception as e:  # re-raised in the caller once the outputs are closed
             state.failure, failed = e, True

@@ -130,7 +130,8 @@ class _LowRes:
 
     def resize(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Downscale a (B, 3, H, W) batch to the low-resolution input; boxes scale with it, padding rows stay."""
+        """Downscale a (B, 3, H, W) batch to the low-resolution input (float 0..255); boxes scale with it, padding
+        rows stay."""
         import torch.nn.functional as F
 
         h, w = self.spec.input_height, self.spec.input_width
@@ -139,8 +140,7 @@ class _LowRes:
         out = dict(targets)
         out["boxes"] = targets["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=targets["boxes"].dtype,
                                                        device=targets["boxes"].device)
-        return small.contiguous(memory_format=torch.channels_last) if images.is_contiguous(
-            memory_format=torch.channels_last) else small, out
+        return small, out  # the model puts its input in its own memory format
 
 
 def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -582,7 +582,7 @@ class Trainer:
                                 progress = max(progress, (agreed_elapsed if ctx.is_distributed else elapsed())
                                                / budget_s)
                             lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
-                            step_low = low is not None and progress < cfg.data.progressive_fraction
+                            step_low = low if low is not None and progress < cfg.data.progressive_fraction else None
                             for g in optimizer.param_groups:
                                 g["lr"] = lr
                             optimizer.zero_grad(set_to_none=True)
@@ -593,15 +593,13 @@ class Trainer:
                         if channels_last:
                             images = images.contiguous(memory_format=torch.channels_last)
                         tg = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-                        step_loss = loss_fn
-                        if step_low and low is not None:
-                            images, tg = low.resize(images, tg)
-                            step_loss = low.loss
+                        if step_low is not None:
+                            images, tg = step_low.resize(images, tg)
                         with ctx.maybe_no_sync(train_model, sync=sync):  # DDP all-reduces on the step's last one
                             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                 enabled=amp_dtype is not None):
                                 outputs = train_model(images)
-                                losses = step_loss(outputs, tg)
+                                losses = (step_low.loss if step_low is not None else loss_fn)(outputs, tg)
                             # normalised by the positives of the whole step on all ranks; global value to check
                             loss, global_loss = gloss.add(losses)
                             if not math.isfinite(global_loss):
