@@ -138,6 +138,18 @@ def test_batched_and_single_frame_runs_agree(clip, squares, tmp_path):
     assert jsonl(one.jsonl_path) == jsonl(four.jsonl_path)
 
 
+def test_turn_taking_and_free_threads_write_the_same_outputs(clip, squares, tmp_path):
+    # the oracle says it is on the host CPU, so by default the stages take turns; share_cores=False is the GPU path
+    runner = squares.OracleRunner()
+    assert runner.on_host_cpu
+    turns = run_video(detector=Detector(runner=runner), source=str(clip["video"]), out_dir=tmp_path / "t")
+    free = run_video(detector=Detector(runner=squares.OracleRunner()), source=str(clip["video"]),
+                     out_dir=tmp_path / "f", share_cores=False)
+    assert turns.frames_written == free.frames_written == clip["frames"]
+    assert jsonl(turns.jsonl_path) == jsonl(free.jsonl_path)
+    assert decoded_frames(turns.video_path) == decoded_frames(free.video_path) == clip["frames"]
+
+
 def test_a_degraded_model_scores_low_on_the_same_clip(clip, squares, tmp_path):
     """The AP50 check can fail: a model whose boxes are off by 12 network pixels scores far lower."""
     runner = squares.OracleRunner(shift=12.0)
