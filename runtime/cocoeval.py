@@ -26,6 +26,9 @@ STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1",
 def load_coco(ann_file: str | Path) -> Any:
     """Load a COCO annotation file with pycocotools, quietly.
 
+    Annotations without ``iscrowd`` get ``0`` and those without ``area`` get their box's ``w * h``
+    (``COCOeval`` needs both and raises ``KeyError`` otherwise; many non-COCO exporters omit them).
+
     Returns:
         A ``pycocotools.coco.COCO``.
 
@@ -38,9 +41,16 @@ def load_coco(ann_file: str | Path) -> Any:
         raise DataError(f"annotation file {str(p)!r} does not exist; pass the val instances_*.json")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return coco_mod.COCO(str(p))
+            gt = coco_mod.COCO(str(p))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
         raise DataError(f"annotation file {str(p)!r} is not valid COCO JSON ({type(e).__name__}: {e})") from None
+    for ann in gt.dataset.get("annotations", []):  # the index holds these same dicts
+        if isinstance(ann, dict):
+            ann.setdefault("iscrowd", 0)
+            bbox = ann.get("bbox")
+            if "area" not in ann and isinstance(bbox, list | tuple) and len(bbox) == 4:
+                ann["area"] = float(bbox[2]) * float(bbox[3])
+    return gt
 
 
 def detections_to_coco(

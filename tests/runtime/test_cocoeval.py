@@ -122,3 +122,15 @@ def test_errors_name_the_problem(ann_file: Path, tmp_path: Path) -> None:
 def test_format_stats_lists_the_twelve(ann_file: Path) -> None:
     text = format_stats(coco_evaluate(ann_file, _perfect(), CATEGORY_IDS, CLASS_NAMES))
     assert [line.split()[0] for line in text.splitlines()] == list(STAT_NAMES)
+
+
+def test_ground_truth_without_iscrowd_or_area_evaluates(ann_file: Path) -> None:
+    # many exporters write neither; pycocotools' COCOeval raises KeyError on both (found with a real-format set)
+    data = json.loads(ann_file.read_text())
+    for a in data["annotations"]:
+        del a["iscrowd"]
+        del a["area"]
+    ann_file.write_text(json.dumps(data))
+    m = coco_evaluate(ann_file, _perfect(), CATEGORY_IDS, CLASS_NAMES)
+    assert m["AP"] == pytest.approx(1.0)
+    assert (m["APs"], m["APm"], m["APl"]) == (pytest.approx(1.0),) * 3  # area = w * h puts each box in its range
