@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.spec import DetectorSpec
@@ -110,8 +110,19 @@ def to_input(canvases: list[np.ndarray] | np.ndarray, spec: DetectorSpec) -> np.
     return chw if spec.input_dtype == "uint8" else chw.astype(np.float32)
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, *, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
+
+    Any PIL mode is converted (grayscale, palette, RGBA with its alpha dropped, CMYK ...); 16-bit grayscale
+    (modes ``I;16*`` and ``I``) keeps its top 8 bits, as OpenCV's ``imread`` does, where a plain
+    ``convert("RGB")`` would clip it to white. EXIF orientation is ignored (COCO's convention) unless ``size``
+    says the file was annotated turned (see ``size``).
+
+    Args:
+        path: the image file.
+        size: ``(width, height)`` an annotation file gives for it. When the stored pixels do not have this
+            size but the file's EXIF orientation turns them into it (a photo annotated the way viewers
+            show it), the turned image is returned.
 
     Raises:
         InputError: naming the file when it is missing or cannot be decoded.
@@ -119,11 +130,22 @@ def load_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     try:
         with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
+            if size is not None and im.size != tuple(size):
+                turned = ImageOps.exif_transpose(im)
+                if turned.size == tuple(size):
+                    return _to_rgb(turned)
+            return _to_rgb(im)
     except FileNotFoundError:
         raise InputError(f"image {str(p)!r} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"image {str(p)!r} cannot be decoded ({e}); remove or replace the file") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode.startswith("I;16") or im.mode == "I":
+        gray = (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -311,7 +311,8 @@ def _load_images(gt: Any, image_dir: Path, max_images: int | None) -> tuple[list
         name = gt.imgs[i].get("file_name")
         if not name:
             raise InputError(f"image id {i} has no file_name in the annotation file")
-        images.append(load_image(image_dir / name))
+        w, h = gt.imgs[i].get("width"), gt.imgs[i].get("height")
+        images.append(load_image(image_dir / name, size=(w, h) if isinstance(w, int) and isinstance(h, int) else None))
     return ids, images
 
 

@@ -85,3 +85,29 @@ def test_atomic_write_uses_umask_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+
+def test_load_image_keeps_the_top_8_bits_of_16_bit_grayscale(tmp_path):
+    # Pillow opens 16-bit PNGs as I;16; convert("RGB") clipped every value above 255 to white
+    p = tmp_path / "depth16.png"
+    Image.fromarray(np.array([[0, 255, 256 * 100 + 7], [65535, 32768, 1000]], np.uint16)).save(p)
+    im = load_image(p)
+    assert im.shape == (2, 3, 3) and im.dtype == np.uint8
+    assert im[:, :, 0].tolist() == [[0, 0, 100], [255, 128, 3]] and (im == im[:, :, :1]).all()
+
+
+def test_load_image_turns_by_exif_only_when_the_annotated_size_says_so(tmp_path):
+    # stored 24 wide x 16 high, left third red; EXIF orientation 6 shows it 16 wide x 24 high, red on top
+    pixels = np.zeros((16, 24, 3), np.uint8)
+    pixels[:, :8] = (255, 0, 0)
+    p = tmp_path / "phone.jpg"
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(p, exif=exif, quality=100)
+    assert load_image(p).shape == (16, 24, 3)  # no size: as stored (COCO ignores EXIF)
+    assert load_image(p, size=(24, 16)).shape == (16, 24, 3)  # annotated as stored
+    turned = load_image(p, size=(16, 24))  # annotated as shown
+    assert turned.shape == (24, 16, 3)
+    assert turned[:4, :, 0].min() > 200 and turned[-4:, :, 0].max() < 60
+    assert load_image(p, size=(20, 20)).shape == (16, 24, 3)  # neither: as stored, the caller rescales

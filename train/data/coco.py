@@ -35,8 +35,10 @@ image file corrupt (found when decoding,       image skipped and another sample 
 possibly inside a DataLoader worker)           ``corrupt_image`` (shared across workers); a warning
                                                is logged by the worker; `load_original` raises
                                                `DataError` naming the file and the id instead
+stored size is the JSON's width/height         the image is turned by its EXIF orientation
+turned by the file's EXIF orientation          (annotated as viewers show it); not counted
 decoded size differs from the JSON's           boxes rescaled to the decoded size; counted
-width/height                                   ``size_mismatch``
+width/height otherwise                         ``size_mismatch``
 image without annotations                      a valid negative sample (M = 0)
 =============================================  ==========================================================
 
@@ -366,7 +368,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             return None
         rec = self._records[i]
         try:
-            return load_image(rec.path)
+            return load_image(rec.path, size=(rec.width, rec.height))
         except InputError as e:
             self._flags[i] |= _CORRUPT
             _LOG.warning("skipping image id %d: %s", rec.image_id, e)
@@ -383,7 +385,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         """
         rec = self._records[i]
         try:
-            return load_image(rec.path), rec.image_id
+            return load_image(rec.path, size=(rec.width, rec.height)), rec.image_id
         except InputError as e:
             raise DataError(f"image id {rec.image_id}: {e}") from None
 

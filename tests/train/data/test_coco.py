@@ -125,6 +125,24 @@ def test_size_mismatch_rescales_boxes(tmp_path):
     assert ds.skip_counts["size_mismatch"] == 1
 
 
+
+def test_exif_turned_photo_annotated_as_shown(tmp_path):
+    # a phone photo stored 32x16 with EXIF orientation 6 (shown 16x32), annotated as shown: the JSON says
+    # 16x32. It used to count as a size mismatch and stretch the boxes by (2, 0.5) instead of turning the image.
+    stored = Image.new("RGB", (32, 16), RED)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "p.jpg", exif=exif, quality=95)
+    data = {"images": [{"id": 1, "file_name": "p.jpg", "width": 16, "height": 32}],
+            "annotations": [_ann(1, 1, 7, [2, 4, 8, 12])], "categories": CATS}
+    (tmp_path / "i.json").write_text(json.dumps(data))
+    ds = CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=False)
+    _, t = ds[0]
+    # 16x32 -> scale 2, resized 32x64, pad_x 16: [2, 4, 10, 16] -> [20, 8, 36, 32]
+    np.testing.assert_array_equal(t["boxes"].numpy(), [[20, 8, 36, 32]])
+    assert ds.skip_counts["size_mismatch"] == 0
+    assert ds.load_original(0)[0].shape == (32, 16, 3)
+
 def test_collate_pads_with_minus_one():
     img = torch.zeros((3, 8, 8), dtype=torch.uint8)
     batch = [(img, {"boxes": torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), "labels": torch.tensor([2, 0]),
