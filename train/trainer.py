@@ -156,11 +156,28 @@ def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, 
     return groups
 
 
+def _fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether this torch has fused (single-kernel) optimiser updates for every parameter's device."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: keep the default implementation
+        return False
+    devices = set(_get_fused_kernels_supported_devices())
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over ``model``'s trainable parameters (1-D ones undecayed by default)."""
+    """SGD with momentum or AdamW over ``model``'s trainable parameters (1-D ones undecayed by default).
+
+    AdamW uses torch's fused implementation where it has one for the parameters' device (CPU and CUDA in torch
+    >= 2.4): the same update in one kernel instead of a loop over parameters, ~3.2x faster on 2 CPU cores for the
+    edge model (11 vs 35 ms a step, ``benchmarks/bench_optimizer_step.py``). SGD keeps torch's default: its fused
+    CPU step measured 0.86x the loop. Build the optimiser after the model is on its device.
+    """
     groups = _param_groups(model, optim)
     if optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+        fused = _fused_supported([p for g in groups for p in g["params"]]) or None  # None: torch's default
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=fused)
     return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
 
 

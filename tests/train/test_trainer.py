@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -13,9 +14,16 @@ from retinaedge.cli import main as cli_main
 from retinaedge.runtime.cocoeval import STAT_NAMES
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.spec import DetectorSpec
-from retinaedge.train.config import TrainConfig, load_config, make_spec
+from retinaedge.train.config import OptimConfig, TrainConfig, load_config, make_spec
 from retinaedge.train.data.coco import read_categories
-from retinaedge.train.trainer import NonFiniteLossError, Trainer, autocast_dtype, lr_factor, train
+from retinaedge.train.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    autocast_dtype,
+    build_optimizer,
+    lr_factor,
+    train,
+)
 
 # 64 px inputs, 2 FPN levels, 8 channels, frozen backbone: seconds per run on one thread
 TINY = [
@@ -74,6 +82,38 @@ def test_autocast_dtype_by_device_and_cpu_features(amp: bool, device: str, bf16_
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert autocast_dtype(torch.device(device), amp) is expected
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_adamw_is_fused_on_cpu_and_both_step_like_the_per_parameter_loop(name: str) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    ref, start = copy.deepcopy(net), copy.deepcopy(net)
+    cfg = OptimConfig(name=name, lr=0.05, weight_decay=0.1)
+    opt = build_optimizer(net, cfg)
+    assert bool(opt.defaults["fused"]) is (name == "adamw")  # fused SGD measured slower on CPU
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # 1-D params undecayed, as before
+    groups = [{"params": [p for p in ref.parameters() if p.ndim > 1], "weight_decay": 0.1},
+              {"params": [p for p in ref.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    loop = (torch.optim.AdamW(groups, lr=0.05, betas=cfg.betas, foreach=False) if name == "adamw"
+            else torch.optim.SGD(groups, lr=0.05, momentum=cfg.momentum, foreach=False))
+    x = torch.randn(2, 3, 6, 6)
+    for _ in range(3):
+        for model, o in ((net, opt), (ref, loop)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b, a0 in zip(net.parameters(), ref.parameters(), start.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, a0)  # the steps moved every parameter
+
+
+def test_optimizer_without_fused_kernel_helpers_uses_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils._foreach_utils as fu
+
+    monkeypatch.delattr(fu, "_get_fused_kernels_supported_devices")
+    opt = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(name="adamw"))
+    assert not opt.defaults["fused"]
 
 
 def test_autocast_dtype_without_torch_cpu_feature_helpers_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
