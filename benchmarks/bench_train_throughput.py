@@ -10,9 +10,16 @@ in rounds, ``--iters`` steps each per round, and the ratio of median step times 
     .venv/bin/python benchmarks/bench_train_throughput.py --iters 5 --rounds 4 --batch 8 --size 256
     .venv/bin/python benchmarks/bench_train_throughput.py --precision bf16      # both under CPU bf16 autocast
     .venv/bin/python benchmarks/bench_train_throughput.py --precision default   # each as its trainer runs
+    .venv/bin/python benchmarks/bench_train_throughput.py --breakdown           # where the time goes, and why
+    .venv/bin/python benchmarks/bench_train_throughput.py --compile             # ours through torch.compile
 
 Defaults mirror the ``edge`` preset (R18, FPN/head 64, head depth 2, GroupNorm 16, trainable BN, P6 from P5,
 256 px). ``--json OUT`` writes the numbers.
+
+``--breakdown`` also explains the ratio: per model, the convolution FLOPs of one step (torch's
+``FlopCounterMode``), the time spent in convolution kernels (torch.profiler, forward and backward), the rate they
+reach, this machine's fp32 GEMM rate measured in the same run, and the ceiling on the ratio if every non-conv op of
+ours (BatchNorm, ReLU, pooling, loss, optimizer) took no time at all.
 """
 
 from __future__ import annotations
@@ -93,6 +100,49 @@ def make_batch(spec, batch: int, seed: int):
     return images, {"boxes": boxes, "labels": labels}, tv_targets
 
 
+_CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::thnn_conv2d",
+             "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward")
+
+
+def gemm_gflops(n: int = 2048, reps: int = 8) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) at the current thread count: the yardstick for the convs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def breakdown(step, *, steps: int = 3) -> dict[str, float]:
+    """Convolution FLOPs and kernel time of one training step, next to everything else.
+
+    Args:
+        step: a zero-argument callable running one full training step.
+        steps: profiled steps (after the caller's warm-up).
+
+    Returns:
+        ``conv_gflop`` (forward + backward, per step), ``conv_ms`` and ``other_ms`` (self CPU time per step under
+        the profiler), ``conv_gflops`` (achieved rate).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    counts = fc.get_flop_counts()["Global"]
+    conv_flop = sum(v for k, v in counts.items() if "convolution" in str(k))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    conv_us = sum(e.self_cpu_time_total for e in events if e.key in _CONV_OPS) / steps
+    total_us = sum(e.self_cpu_time_total for e in events) / steps
+    return {"conv_gflop": conv_flop / 1e9, "conv_ms": conv_us / 1e3, "other_ms": (total_us - conv_us) / 1e3,
+            "conv_gflops": conv_flop / (conv_us * 1e3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=5, help="timed steps per model per round")
@@ -113,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="fp32: both fp32; bf16: both under CPU bf16 autocast; default: each as its trainer runs "
                         "on this machine (ours: bf16 autocast where the CPU has native bf16, as `retinaedge "
                         "train` does; torchvision's reference scripts: fp32 on CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="ours through torch.compile (inductor); the first step's compile time is printed, not timed")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile conv FLOPs/time vs the rest, and print the ratio's ceiling")
     p.add_argument("--json", type=Path, help="write results here")
     args = p.parse_args(argv)
 
@@ -140,9 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     def autocast(dtype: torch.dtype | None):
         return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
 
+    forward_ours = ours
+    if args.compile:
+        forward_ours = torch.compile(ours)
+        t0 = time.perf_counter()
+        loss_fn(forward_ours(pixels), targets)["loss"].backward()
+        print(f"torch.compile: first step (compiling forward and backward) {time.perf_counter() - t0:.0f} s")
+
     def step_ours() -> float:
         with autocast(dtype_ours):
-            loss = loss_fn(ours(pixels), targets)["loss"]
+            loss = loss_fn(forward_ours(pixels), targets)["loss"]
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
@@ -175,10 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ips["ours"] / ips["torchvision"]
     print(f"R18-FPN P3-P7, width {args.width}, head {args.head_depth}x{args.head_norm}, {args.size}px, batch "
           f"{args.batch}, {args.threads} threads, {args.rounds}x{args.iters} steps each, precision "
-          f"ours {dtype_ours or 'fp32'} / torchvision {dtype_tv or 'fp32'}")
+          f"ours {dtype_ours or 'fp32'} / torchvision {dtype_tv or 'fp32'}{', ours compiled' if args.compile else ''}")
     for k in ("ours", "torchvision"):
         print(f"  {k:12s} {ips[k]:7.2f} img/s  (median step {med[k] * 1000:.0f} ms)")
     print(f"  ratio ours/torchvision: {ratio:.3f}x  (goal >= 1.25x)")
+    parts: dict[str, dict[str, float]] = {}
+    if args.breakdown:
+        parts = {"ours": breakdown(step_ours), "torchvision": breakdown(step_tv)}
+        peak = gemm_gflops()
+        print(f"  breakdown per step (self CPU time; fp32 GEMM on this machine: {peak:.0f} GFLOP/s):")
+        for k, b in parts.items():
+            print(f"  {k:12s} conv {b['conv_gflop']:6.1f} GFLOP in {b['conv_ms']:5.0f} ms = {b['conv_gflops']:4.0f} "
+                  f"GFLOP/s ({b['conv_gflops'] / peak:.0%} of GEMM); everything else {b['other_ms']:4.0f} ms")
+        ceiling = med["torchvision"] / (parts["ours"]["conv_ms"] / 1e3)
+        need = med["torchvision"] / 1.25 * 1e3 - parts["ours"]["conv_ms"]
+        print(f"  ceiling with the same convolutions and every other op of ours free: {ceiling:.2f}x; 1.25x needs "
+              f"ours' non-conv time <= {need:.0f} ms/step (now {med['ours'] * 1e3 - parts['ours']['conv_ms']:.0f} "
+              f"ms of wall time)")
+        parts["gemm"] = {"gflops": peak}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": {k: (str(v) if isinstance(v, Path) else v)
@@ -186,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "dtype": {"ours": str(dtype_ours or "fp32"),
                                                    "torchvision": str(dtype_tv or "fp32")},
                                          "img_per_s": ips, "median_step_s": med, "ratio": ratio,
-                                         "step_times_s": times}, indent=2) + "\n")
+                                         "breakdown": parts, "step_times_s": times}, indent=2) + "\n")
     return 0
 
 
