@@ -13,7 +13,8 @@ def register(subparsers: Any) -> None:
         description="Train a focal-loss RetinaNet. Writes ckpt_last.pt, ckpt_best.pt, spec.json, metrics.json, "
                     "train_log.jsonl and loss.png to --out.",
     )
-    p.add_argument("--data", help="dataset root: DATA/annotations/instances_{train,val}.json, DATA/{train,val}/")
+    p.add_argument("--data", help="dataset root: DATA/annotations/instances_{train,val}.json, DATA/{train,val}/ "
+                   "(or COCO's instances_{train,val}2017.json, {train,val}2017/)")
     p.add_argument("--config", default="edge", help="preset (edge, r50-fpn) or a .toml file (default: edge)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--epochs", type=int, help="override epochs")

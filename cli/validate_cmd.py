@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sheets. Exit code 1 when a model fails the gate. Without --checkpoint the ORT FP32 model is the "
         "reference.",
     )
-    p.add_argument("--data", required=True, help="COCO-layout DATA dir (annotations/instances_val.json, val/)")
+    p.add_argument("--data", required=True, help="COCO-layout DATA dir (annotations/instances_val.json, val/; "
+                   "or COCO's instances_val2017.json, val2017/)")
     p.add_argument("--models", required=True, nargs="+", help="model files or directories holding them")
     p.add_argument("--checkpoint", default=None, help="torch checkpoint: the FP32 reference row")
     p.add_argument("--report", required=True, help="report directory")
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from retinaedge.runtime.cocoeval import split_layout
     from retinaedge.runtime.errors import RetinaEdgeError
     from retinaedge.runtime.models import load_runner
     from retinaedge.runtime.runner import Runner
@@ -68,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs and pipes
     gate = parse_gate(args.gate) if args.gate else dict(DEFAULT_GATE)
-    data = Path(args.data)
-    ann = Path(args.val_ann) if args.val_ann else data / "annotations" / "instances_val.json"
-    images = Path(args.val_images) if args.val_images else data / "val"
+    default_ann, default_images = split_layout(args.data, "val")  # or COCO's instances_val2017.json, val2017/
+    ann = Path(args.val_ann) if args.val_ann else default_ann
+    images = Path(args.val_images) if args.val_images else default_images
     runners: list[Runner] = []
     raws: list[Runner | None] = []
     skipped: list[dict[str, str]] = []

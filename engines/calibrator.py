@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retinaedge.runtime.cocoeval import split_layout
 from retinaedge.runtime.errors import EngineBuildError, InputError
 from retinaedge.runtime.io import sha256_file, sha256_strings
 from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, list_images, load_image, preprocess_batch
@@ -31,7 +32,8 @@ def calibration_images(data: str | Path, *, max_images: int | None = None) -> li
     """The calibration image files under ``data``, sorted.
 
     ``data`` is an image folder, or a dataset root in the COCO layout (``DATA/train`` is used, else
-    ``DATA/val``): calibrate on training images, not on the images the engine is evaluated on.
+    ``DATA/val``; ``train2017``/``val2017`` in a COCO download): calibrate on training images, not on the
+    images the engine is evaluated on.
 
     Raises:
         InputError: if no images are found.
@@ -42,9 +44,10 @@ def calibration_images(data: str | Path, *, max_images: int | None = None) -> li
     has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir() if p.is_file())
     folder = root
     if not has_images:
-        for sub in ("train", "val"):
-            if (root / sub).is_dir():
-                folder = root / sub
+        for split in ("train", "val"):
+            sub = split_layout(root, split)[1]  # DATA/train, or COCO's DATA/train2017
+            if sub.is_dir():
+                folder = sub
                 break
     files = list_images(folder)
     return files[:max_images] if max_images else files

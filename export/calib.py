@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from retinaedge.runtime.cocoeval import split_layout
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, sha256_file, sha256_strings
 from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, Letterbox, list_images, load_image, preprocess_batch
@@ -58,13 +59,14 @@ def find_image_folder(data: str | Path) -> Path:
     """The calibration image folder for ``data``.
 
     ``DATA/train`` when it exists (calibrate on the training distribution and keep ``DATA/val`` held out for
-    measuring AP), else ``DATA/val``, else ``data`` itself when it directly holds images.
+    measuring AP), else ``DATA/val``, else ``data`` itself when it directly holds images (``train2017``/``val2017``
+    where a COCO download has those instead: `retinaedge.runtime.cocoeval.split_layout`).
 
     Raises:
         InputError: when none of these exists or holds images.
     """
     d = Path(data)
-    for candidate in (d / "train", d / "val", d):
+    for candidate in (split_layout(d, "train")[1], split_layout(d, "val")[1], d):
         if candidate.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in candidate.iterdir()):
             return candidate
     raise InputError(

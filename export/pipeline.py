@@ -215,12 +215,11 @@ def _heldout(config: ExportConfig, spec: DetectorSpec, calib: CalibrationSet
              ) -> tuple[Any, list[Path], list[int], np.ndarray, list[Letterbox]] | None:
     if config.calib_data is None:
         return None
-    data = Path(config.calib_data)
-    ann_file, folder = data / "annotations" / "instances_val.json", data / "val"
+    from retinaedge.runtime.cocoeval import load_coco, split_layout
+
+    ann_file, folder = split_layout(config.calib_data, "val")
     if not ann_file.is_file() or not folder.is_dir():
         return None
-    from retinaedge.runtime.cocoeval import load_coco
-
     gt = load_coco(ann_file)
     by_name = {img["file_name"]: int(img["id"]) for img in gt.dataset.get("images", [])}
     used = {p.resolve() for p in calib.files}

@@ -23,6 +23,29 @@ STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1",
 """Names of pycocotools' 12 ``COCOeval.stats``, in its order."""
 
 
+def split_layout(data: str | Path, split: str) -> tuple[Path, Path]:
+    """Default ``(annotation json, image dir)`` of a split under a dataset root (existence not checked).
+
+    The documented layout, ``DATA/annotations/instances_<split>.json`` and ``DATA/<split>/``; when neither
+    exists but COCO's release names do (``instances_<split>2017.json``, ``<split>2017/``, as unpacked from
+    cocodataset.org), those, so ``--data /path/to/coco`` works as downloaded.
+
+    Args:
+        data: the dataset root.
+        split: ``"train"`` or ``"val"`` (or any split name).
+
+    Returns:
+        ``(annotation file, image folder)``; callers name whichever is missing.
+    """
+    root = Path(data)
+    ann, images = root / "annotations" / f"instances_{split}.json", root / split
+    if not ann.is_file() and not images.is_dir():
+        ann17, images17 = root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017"
+        if ann17.is_file() or images17.is_dir():
+            return ann17, images17
+    return ann, images
+
+
 def load_coco(ann_file: str | Path) -> Any:
     """Load a COCO annotation file with pycocotools, quietly.
 

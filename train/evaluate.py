@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaedge.runtime.cocoeval import coco_evaluate
+from retinaedge.runtime.cocoeval import coco_evaluate, split_layout
 from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.preprocess import preprocess_batch
@@ -28,22 +28,24 @@ def split_paths(data: str | Path | None, split: str, *, ann: str | Path | None =
                 images: str | Path | None = None) -> tuple[Path, Path]:
     """``(annotation json, image dir)`` of a split in the COCO layout, with explicit overrides.
 
-    Layout: ``DATA/annotations/instances_<split>.json`` and ``DATA/<split>/``.
+    Layout: ``DATA/annotations/instances_<split>.json`` and ``DATA/<split>/``, or COCO's release names
+    ``instances_<split>2017.json`` and ``<split>2017/`` (`retinaedge.runtime.cocoeval.split_layout`).
 
     Raises:
         InputError: naming the missing file or folder (and the flag that overrides it).
     """
     if data is None and (ann is None or images is None):
         raise InputError(f"no --data given and no --{split}-ann/--{split}-images; pass the dataset root")
-    root = Path(data) if data is not None else Path(".")
-    ann_p = Path(ann) if ann is not None else root / "annotations" / f"instances_{split}.json"
-    img_p = Path(images) if images is not None else root / split
+    default_ann, default_images = split_layout(data if data is not None else ".", split)
+    ann_p = Path(ann) if ann is not None else default_ann
+    img_p = Path(images) if images is not None else default_images
     if not ann_p.is_file():
         raise InputError(f"{split} annotations {str(ann_p)!r} do not exist; expected the COCO layout "
-                         f"DATA/annotations/instances_{split}.json or pass --{split}-ann")
+                         f"DATA/annotations/instances_{split}.json (or instances_{split}2017.json) or pass "
+                         f"--{split}-ann")
     if not img_p.is_dir():
-        raise InputError(f"{split} image folder {str(img_p)!r} does not exist; expected DATA/{split}/ or pass "
-                         f"--{split}-images")
+        raise InputError(f"{split} image folder {str(img_p)!r} does not exist; expected DATA/{split}/ (or "
+                         f"DATA/{split}2017/) or pass --{split}-images")
     return ann_p, img_p
 
 

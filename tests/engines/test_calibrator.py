@@ -86,6 +86,9 @@ def test_calibration_images_prefers_train_split(tmp_path):
     assert calibration_images(tmp_path / "data" / "train") == train
     with pytest.raises(InputError):
         calibration_images(tmp_path / "nowhere")
+    coco = _pngs(tmp_path / "coco" / "train2017", [(16, 16)] * 2)  # COCO's own folder names
+    _pngs(tmp_path / "coco" / "val2017", [(16, 16)] * 2, seed=1)
+    assert calibration_images(tmp_path / "coco") == coco
 
 
 def test_cache_key_changes_with_onnx_images_and_preprocessing(tmp_path):

@@ -62,6 +62,14 @@ def test_folder_choice(tmp_path: Path) -> None:
     assert find_image_folder(tmp_path / "val") == tmp_path / "val"  # a plain image folder
 
 
+
+def test_folder_choice_in_a_coco_download(tmp_path: Path) -> None:
+    # COCO as unpacked from cocodataset.org: train2017/, val2017/ (no train/, val/)
+    _images(tmp_path / "val2017", 1)
+    assert find_image_folder(tmp_path) == tmp_path / "val2017"
+    _images(tmp_path / "train2017", 1)
+    assert find_image_folder(tmp_path) == tmp_path / "train2017"
+
 def test_key_changes_with_each_part(tmp_path: Path, tiny_spec: DetectorSpec) -> None:
     files = _images(tmp_path / "imgs", 3)
     onnx_bytes = b"model-bytes"

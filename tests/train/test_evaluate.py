@@ -132,6 +132,19 @@ def test_split_paths_errors_name_the_path_and_flag(data: Path, tmp_path: Path) -
         split_paths(None, "val")
 
 
+
+def test_split_paths_find_coco_release_names(tmp_path: Path) -> None:
+    # --data pointing at COCO as downloaded: annotations/instances_val2017.json and val2017/
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+    (tmp_path / "val2017").mkdir()
+    assert split_paths(tmp_path, "val") == (tmp_path / "annotations" / "instances_val2017.json", tmp_path / "val2017")
+    with pytest.raises(InputError, match=r"instances_train\.json \(or instances_train2017\.json\)"):
+        split_paths(tmp_path, "train")
+    (tmp_path / "val").mkdir()  # the documented layout wins as soon as part of it is there
+    with pytest.raises(InputError, match=r"instances_val\.json'"):
+        split_paths(tmp_path, "val")
+
 def test_cli_eval_prints_table_and_writes_json(data: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     spec = _spec(data)
