@@ -16,8 +16,9 @@ Video runs as a three-thread pipeline built on PyAV::
   blocking call ignore it, by a watchdog in the calling thread.
 
 Outputs in ``out_dir``: ``annotated.mp4``, ``detections.jsonl`` (one line per frame: ``{"frame": index,
-"pts": seconds or null, "detections": [{"bbox": [x1, y1, x2, y2], "score", "class", "name"}]}``, boxes in
-frame pixels) and ``stats.json``.
+"pts": seconds or null, "detections": [{"bbox": [x1, y1, x2, y2], "score", "class", "name", "category_id"}]}``,
+boxes in frame pixels; ``class`` is the contiguous class index, ``category_id`` the dataset's own, possibly sparse,
+id) and ``stats.json``. `run_images` writes the same detections, one line per image.
 """
 
 from __future__ import annotations
@@ -424,8 +425,10 @@ class _Writer:
     """Annotated MP4 (written to ``.part`` and renamed when closed) and the JSONL, in the writer thread."""
 
     def __init__(self, out_dir: Path, class_names: Sequence[str], fps: Fraction, write_video: bool,
-                 codec: str, min_score: float, shared_cores: bool = False) -> None:
+                 codec: str, min_score: float, shared_cores: bool = False,
+                 category_ids: Sequence[int] | None = None) -> None:
         self.class_names = tuple(class_names)
+        self.category_ids = tuple(category_ids) if category_ids is not None else None
         self.shared_cores = shared_cores
         self.fps = fps
         self.write_video = write_video
@@ -468,7 +471,7 @@ class _Writer:
             for packet in self.stream.encode(video_frame):
                 self.container.mux(packet)
         line = {"frame": frame.index, "pts": None if frame.pts is None else round(float(frame.pts), 6),
-                "detections": dets.to_json(self.class_names)}
+                "detections": dets.to_json(self.class_names, self.category_ids)}
         self.jsonl.write(json.dumps(line) + "\n")
 
     def close(self) -> str | None:
@@ -582,7 +585,7 @@ def run_video(
     decode_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     write_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     writer = _Writer(out, detector.spec.class_names, Fraction(rate).limit_denominator(1001 * 1000), write_video,
-                     codec, min_score, shared)
+                     codec, min_score, shared, category_ids=detector.spec.category_ids)
     threads = {
         "decode": threading.Thread(target=_decode_loop, name="retinaedge-decode", daemon=True,
                                    args=(container, src, state, decode_q, stop, max_frames, stall_timeout, shared)),
@@ -742,7 +745,7 @@ def run_images(
                 latencies.extend([dt] * len(chunk))
                 for path, image, d in zip(chunk, images, dets, strict=True):
                     line = {"file": path.name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                            "detections": d.to_json(names)}
+                            "detections": d.to_json(names, detector.spec.category_ids)}
                     f.write(json.dumps(line) + "\n")
                     if write_images:
                         drawn = draw_detections(image, d, names, min_score=min_score)

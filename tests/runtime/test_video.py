@@ -75,15 +75,16 @@ def jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def check_jsonl_schema(records: list[dict], class_names) -> None:
+def check_jsonl_schema(records: list[dict], class_names, category_ids=(3, 7)) -> None:
     for rec in records:
         assert set(rec) == {"frame", "pts", "detections"}
         assert isinstance(rec["frame"], int)
         assert rec["pts"] is None or isinstance(rec["pts"], float)
         for d in rec["detections"]:
-            assert set(d) == {"bbox", "score", "class", "name"}
+            assert set(d) == {"bbox", "score", "class", "name", "category_id"}
             assert len(d["bbox"]) == 4 and d["bbox"][0] <= d["bbox"][2] and d["bbox"][1] <= d["bbox"][3]
             assert 0.0 <= d["score"] <= 1.0 and d["name"] == class_names[d["class"]]
+            assert d["category_id"] == category_ids[d["class"]]  # the dataset's id, not the class index
 
 
 def test_file_end_to_end_frame_count_schema_and_ap50(clip, squares, tmp_path):
