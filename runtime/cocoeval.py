@@ -176,7 +176,9 @@ def coco_evaluate(
     precision = np.asarray(ev.eval["precision"])
     all_area = list(ev.params.areaRngLbl).index("all")
     max_dets = len(ev.params.maxDets) - 1
-    pc = precision[:, :, :, all_area, max_dets]  # (T, R, K)
+    # COCOeval sorts params.catIds (np.unique): column k belongs to the k-th smallest id, not to class k
+    column = {int(c): k for k, c in enumerate(ev.params.catIds)}
+    pc = precision[:, :, [column[c] for c in cat_ids], all_area, max_dets]  # (T, R, K) in class-index order
     per_ap: dict[str, float | None] = {}
     per_ap50: dict[str, float | None] = {}
     for k, name in enumerate(class_names):

@@ -134,3 +134,12 @@ def test_ground_truth_without_iscrowd_or_area_evaluates(ann_file: Path) -> None:
     m = coco_evaluate(ann_file, _perfect(), CATEGORY_IDS, CLASS_NAMES)
     assert m["AP"] == pytest.approx(1.0)
     assert (m["APs"], m["APm"], m["APl"]) == (pytest.approx(1.0),) * 3  # area = w * h puts each box in its range
+
+
+def test_per_class_ap_follows_the_class_order_when_ids_are_unsorted(ann_file: Path) -> None:
+    # a spec listing ids (7, 3): COCOeval sorts catIds, so its column 0 is id 3; per-class AP was mislabelled
+    only_circles = {1: _det([[10, 10, 30, 30]], [0.9], [1]), 5: _det([[0, 0, 200, 100]], [0.9], [1])}  # 1 = id 3
+    m = coco_evaluate(ann_file, only_circles, (7, 3), ("square", "circle"), pr_curves=True)
+    assert m["per_class_AP"] == {"square": 0.0, "circle": pytest.approx(1.0)}
+    assert m["per_class_AP50"] == {"square": 0.0, "circle": pytest.approx(1.0)}
+    assert m["pr_curves"]["AP50"]["circle"] == [1.0] * 101 and m["pr_curves"]["AP50"]["square"] == [0.0] * 101
