@@ -40,6 +40,7 @@ turned by the file's EXIF orientation          (annotated as viewers show it); n
 decoded size differs from the JSON's           boxes rescaled to the decoded size; counted
 width/height otherwise                         ``size_mismatch``
 image without annotations                      a valid negative sample (M = 0)
+two categories with the same name              `read_categories` appends the id to each (``fish_0``)
 =============================================  ==========================================================
 
 The up-front counts are logged as one summary line through ``log`` when the dataset is built;
@@ -141,6 +142,9 @@ def _categories(data: dict[str, Any], path: Path) -> list[tuple[int, str]]:
 def read_categories(ann_file: str | Path) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Class names and category ids of a COCO file, sorted by id (the spec's class order).
 
+    A name that several categories share gets each one's id appended (``fish_0``, ``fish_1``): the spec needs
+    unique class names, and exporters repeat one, e.g. for a placeholder parent category named like its class.
+
     Returns:
         ``(names, ids)``; ``ids`` may be sparse, e.g. ``(1, 3, 7)``.
 
@@ -149,7 +153,8 @@ def read_categories(ann_file: str | Path) -> tuple[tuple[str, ...], tuple[int, .
     """
     p = Path(ann_file)
     cats = _categories(load_coco_json(p), p)
-    return tuple(n for _, n in cats), tuple(c for c, _ in cats)
+    names = [n for _, n in cats]
+    return tuple(f"{n}_{c}" if names.count(n) > 1 else n for c, n in cats), tuple(c for c, _ in cats)
 
 
 def _finite_bbox(b: Any) -> bool:

@@ -160,6 +160,15 @@ def test_read_categories_sorted_by_id(tiny):
     assert read_categories(tiny[0]) == (("c3", "c7", "c12"), (3, 7, 12))
 
 
+def test_read_categories_makes_repeated_names_unique(tmp_path):
+    # a Roboflow-style export: placeholder parent category 0 named like the project, which is named like its class
+    cats = [{"id": 0, "name": "fish", "supercategory": "none"}, {"id": 1, "name": "fish", "supercategory": "fish"},
+            {"id": 2, "name": "shark", "supercategory": "fish"}]
+    p = _write(tmp_path, json.dumps({"images": [], "annotations": [], "categories": cats}))
+    assert read_categories(p) == (("fish_0", "fish_1", "shark"), (0, 1, 2))
+    DetectorSpec(class_names=read_categories(p)[0], category_ids=(0, 1, 2))  # accepted: names are unique
+
+
 def _write(tmp_path, text):
     p = tmp_path / "bad.json"
     p.write_text(text)
