@@ -10,7 +10,7 @@ import contextlib
 import io
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,23 @@ def split_layout(data: str | Path, split: str) -> tuple[Path, Path]:
         if ann17.is_file() or images17.is_dir():
             return ann17, images17
     return ann, images
+
+
+def image_file(image_dir: str | Path, file_name: str) -> Path:
+    """Where an annotation's ``file_name`` is under ``image_dir``.
+
+    ``image_dir / file_name`` when that file exists; else the file of the same base name directly in
+    ``image_dir`` when there is one: exporters write ``images/x.jpg``, the annotating machine's absolute path or
+    Windows separators (``images\\x.jpg``) for sets that ship their images flat in ``DATA/<split>/``.
+
+    Returns:
+        The file to read; ``image_dir / file_name`` when neither exists (for the caller's message).
+    """
+    direct = Path(image_dir) / file_name
+    if direct.is_file():
+        return direct
+    flat = Path(image_dir) / PureWindowsPath(file_name).name  # splits on both / and \\
+    return flat if flat.is_file() else direct
 
 
 def load_coco(ann_file: str | Path) -> Any:

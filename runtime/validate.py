@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.cocoeval import coco_evaluate, load_coco
+from retinaedge.runtime.cocoeval import coco_evaluate, image_file, load_coco
 from retinaedge.runtime.compare import Agreement, compare_raw, detections_consistent, match_detections
 from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.draw import contact_sheet, draw_detections
@@ -312,7 +312,8 @@ def _load_images(gt: Any, image_dir: Path, max_images: int | None) -> tuple[list
         if not name:
             raise InputError(f"image id {i} has no file_name in the annotation file")
         w, h = gt.imgs[i].get("width"), gt.imgs[i].get("height")
-        images.append(load_image(image_dir / name, size=(w, h) if isinstance(w, int) and isinstance(h, int) else None))
+        size = (w, h) if isinstance(w, int) and isinstance(h, int) else None
+        images.append(load_image(image_file(image_dir, name), size=size))
     return ids, images
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinaedge.runtime.cocoeval import STAT_NAMES, coco_evaluate, detections_to_coco, format_stats
+from retinaedge.runtime.cocoeval import STAT_NAMES, coco_evaluate, detections_to_coco, format_stats, image_file
 from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import DataError, InputError
 
@@ -143,3 +143,13 @@ def test_per_class_ap_follows_the_class_order_when_ids_are_unsorted(ann_file: Pa
     assert m["per_class_AP"] == {"square": 0.0, "circle": pytest.approx(1.0)}
     assert m["per_class_AP50"] == {"square": 0.0, "circle": pytest.approx(1.0)}
     assert m["pr_curves"]["AP50"]["circle"] == [1.0] * 101 and m["pr_curves"]["AP50"]["square"] == [0.0] * 101
+
+
+def test_image_file_falls_back_to_the_base_name(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "x.jpg").write_bytes(b"")
+    (tmp_path / "sub" / "y.jpg").write_bytes(b"")
+    assert image_file(tmp_path, "images/x.jpg") == tmp_path / "x.jpg"
+    assert image_file(tmp_path, "C:\\export\\x.jpg") == tmp_path / "x.jpg"
+    assert image_file(tmp_path, "sub/y.jpg") == tmp_path / "sub" / "y.jpg"
+    assert image_file(tmp_path, "other/y.jpg") == tmp_path / "other" / "y.jpg"  # not flat: the path as given

@@ -29,6 +29,9 @@ bbox partly outside the image                  clipped to the image; counted ``b
 bbox entirely outside the image                skipped; counted ``bbox_outside``
 bbox with zero/negative width or height,       skipped; counted ``zero_area``
 or an "area" field <= 0
+a ``file_name`` with folders not in the        the file of that base name in the image folder is
+image folder (``images/x.jpg``, absolute       used (`retinaedge.runtime.cocoeval.image_file`)
+or Windows paths)
 image file missing (checked up front)          image skipped; counted ``missing_image``; a
                                                `DataError` if *no* listed image exists (wrong folder)
 image file corrupt (found when decoding,       image skipped and another sample returned; counted
@@ -66,6 +69,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinaedge.runtime._lazy import require
+from retinaedge.runtime.cocoeval import image_file
 from retinaedge.runtime.errors import DataError, InputError
 from retinaedge.runtime.preprocess import letterbox, letterbox_params, load_image
 from retinaedge.runtime.spec import DetectorSpec
@@ -291,7 +295,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         records: list[_Record] = []
         first_missing: tuple[str, int] | None = None
         for iid, im in images.items():
-            fpath = self.image_dir / im["file_name"]
+            fpath = image_file(self.image_dir, im["file_name"])
             if not fpath.is_file():
                 counts["missing_image"] += 1
                 first_missing = first_missing or (str(fpath), iid)

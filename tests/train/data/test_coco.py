@@ -143,6 +143,21 @@ def test_exif_turned_photo_annotated_as_shown(tmp_path):
     assert ds.skip_counts["size_mismatch"] == 0
     assert ds.load_original(0)[0].shape == (32, 16, 3)
 
+
+def test_file_names_with_foreign_folders_find_the_flat_image(tmp_path):
+    # exporters write "images/x.png", the annotating machine's absolute path or Windows separators while the
+    # set ships the images flat; a file_name whose sub-folder really exists is still read from there
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "b.png", "c.png", "sub/d.png"):
+        _png(tmp_path / name, 16, 16)
+    names = ["images/a.png", "/home/annotator/export/b.png", "images\\c.png", "sub/d.png"]
+    data = {"images": [{"id": i + 1, "file_name": n, "width": 16, "height": 16} for i, n in enumerate(names)],
+            "annotations": [_ann(1, 3, 7, [2, 2, 8, 8])], "categories": CATS}
+    (tmp_path / "i.json").write_text(json.dumps(data))
+    ds = CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=False)
+    assert ds.image_ids == [1, 2, 3, 4] and ds.skip_counts["missing_image"] == 0
+    assert ds[2][1]["labels"].tolist() == [1]
+
 def test_collate_pads_with_minus_one():
     img = torch.zeros((3, 8, 8), dtype=torch.uint8)
     batch = [(img, {"boxes": torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), "labels": torch.tensor([2, 0]),
