@@ -66,8 +66,10 @@ def image_file(image_dir: str | Path, file_name: str) -> Path:
 def load_coco(ann_file: str | Path) -> Any:
     """Load a COCO annotation file with pycocotools, quietly.
 
-    Annotations without ``iscrowd`` get ``0`` and those without ``area`` get their box's ``w * h``
-    (``COCOeval`` needs both and raises ``KeyError`` otherwise; many non-COCO exporters omit them).
+    The file is read as bytes, so a UTF-8 byte-order mark (Windows tools write one) or UTF-16 is fine, whatever
+    the locale (pycocotools' own reader opens it as locale text). Annotations without ``iscrowd`` get ``0`` and
+    those without ``area`` get their box's ``w * h`` (``COCOeval`` needs both and raises ``KeyError``
+    otherwise; many non-COCO exporters omit them).
 
     Returns:
         A ``pycocotools.coco.COCO``.
@@ -80,16 +82,20 @@ def load_coco(ann_file: str | Path) -> Any:
     if not p.is_file():
         raise DataError(f"annotation file {str(p)!r} does not exist; pass the val instances_*.json")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = coco_mod.COCO(str(p))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
-        raise DataError(f"annotation file {str(p)!r} is not valid COCO JSON ({type(e).__name__}: {e})") from None
-    for ann in gt.dataset.get("annotations", []):  # the index holds these same dicts
-        if isinstance(ann, dict):
+        data = json.loads(p.read_bytes())
+        if not isinstance(data, dict):
+            raise TypeError(f"the top level is a JSON {type(data).__name__}, not an object")
+        for ann in data.get("annotations", []):
             ann.setdefault("iscrowd", 0)
             bbox = ann.get("bbox")
             if "area" not in ann and isinstance(bbox, list | tuple) and len(bbox) == 4:
                 ann["area"] = float(bbox[2]) * float(bbox[3])
+        gt = coco_mod.COCO()
+        gt.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, AssertionError) as e:
+        raise DataError(f"annotation file {str(p)!r} is not valid COCO JSON ({type(e).__name__}: {e})") from None
     return gt
 
 

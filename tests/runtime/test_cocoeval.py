@@ -153,3 +153,12 @@ def test_image_file_falls_back_to_the_base_name(tmp_path: Path) -> None:
     assert image_file(tmp_path, "C:\\export\\x.jpg") == tmp_path / "x.jpg"
     assert image_file(tmp_path, "sub/y.jpg") == tmp_path / "sub" / "y.jpg"
     assert image_file(tmp_path, "other/y.jpg") == tmp_path / "other" / "y.jpg"  # not flat: the path as given
+
+
+def test_ground_truth_with_a_utf8_byte_order_mark_and_non_ascii_names(ann_file: Path) -> None:
+    # Windows tools write a BOM; pycocotools' own reader (locale text + json.load) rejected it
+    data = json.loads(ann_file.read_text())
+    data["categories"][0]["name"] = "café 猫"
+    ann_file.write_bytes(b"\xef\xbb\xbf" + json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    m = coco_evaluate(ann_file, _perfect(), CATEGORY_IDS, ("café 猫", "square"))
+    assert m["per_class_AP"] == {"café 猫": pytest.approx(1.0), "square": pytest.approx(1.0)}
