@@ -180,7 +180,8 @@ def coco_evaluate(
     if missing_cats:
         raise InputError(
             f"category ids {missing_cats} are not in the annotation file (it has {sorted(gt.getCatIds())}); "
-            "the checkpoint was trained on another dataset"
+            "the model was trained on another dataset, or this file lists only the categories it uses (add the "
+            "others to its 'categories')"
         )
     records = detections_to_coco(detections, category_ids)
     image_ids = sorted(int(i) for i in detections)

@@ -44,6 +44,10 @@ decoded size differs from the JSON's           boxes rescaled to the decoded siz
 width/height otherwise                         ``size_mismatch``
 image without annotations                      a valid negative sample (M = 0)
 two categories with the same name              `read_categories` appends the id to each (``fish_0``)
+a category id named differently from the       `DataError` naming the file, the id and both names: the
+spec's class (case and spaces aside)           splits number their categories differently
+a spec category missing from the file's        added to `coco` without ground truth (its AP is None): a
+"categories"                                   split may list only the categories it uses
 =============================================  ==========================================================
 
 The up-front counts are logged as one summary line through ``log`` when the dataset is built;
@@ -157,8 +161,12 @@ def read_categories(ann_file: str | Path) -> tuple[tuple[str, ...], tuple[int, .
     """
     p = Path(ann_file)
     cats = _categories(load_coco_json(p), p)
+    return _class_names(cats), tuple(c for c, _ in cats)
+
+
+def _class_names(cats: list[tuple[int, str]]) -> tuple[str, ...]:
     names = [n for _, n in cats]
-    return tuple(f"{n}_{c}" if names.count(n) > 1 else n for c, n in cats), tuple(c for c, _ in cats)
+    return tuple(f"{n}_{c}" if names.count(n) > 1 else n for c, n in cats)
 
 
 def _finite_bbox(b: Any) -> bool:
@@ -220,7 +228,15 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         data = load_coco_json(self.ann_file)
         path = self.ann_file
         cat_index = {cid: i for i, cid in enumerate(spec.category_ids)}
-        file_cats = {c for c, _ in _categories(data, path)}
+        cats = _categories(data, path)
+        file_cats = {c for c, _ in cats}
+        spec_names = dict(zip(spec.category_ids, spec.class_names, strict=True))
+        for (cid, raw), name in zip(cats, _class_names(cats), strict=True):
+            want = spec_names.get(cid)
+            if want is not None and name.strip().casefold() != want.strip().casefold():
+                raise DataError(f"annotation file {str(path)!r}: category id {cid} is {raw!r} here but {want!r} in "
+                                "the spec; the splits number their categories differently (export every split "
+                                "with the same category list) or the model was trained on another dataset")
         if not data["images"]:
             raise DataError(f"annotation file {str(path)!r} lists no images; nothing to train or evaluate on")
 
@@ -317,6 +333,8 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
         kept_ids = set(self.image_ids)
         clean_data = {k: v for k, v in data.items() if k not in ("images", "annotations")}
+        clean_data["categories"] = [*data["categories"], *({"id": c, "name": n} for c, n in spec_names.items()
+                                                            if c not in file_cats)]
         clean_data["images"] = [images[i] for i in self.image_ids]
         clean_data["annotations"] = [a for a in kept_anns if a["image_id"] in kept_ids]
         self._clean_data = clean_data

@@ -236,6 +236,33 @@ def test_unknown_category_names_annotation_and_category(tiny, tmp_path):
                     "category_ids [3, 7, 12]; fix the annotation or rebuild the spec from this file's categories")
 
 
+
+def test_split_listing_only_its_categories_evaluates(tiny, tmp_path):
+    # exporters that write per split only the categories used there (FiftyOne without classes=): no c7 here
+    from retinaedge.runtime.cocoeval import coco_evaluate
+    from retinaedge.runtime.detections import Detections
+
+    img = tiny[1]
+    cats = [{"id": 12, "name": "C12 "}, {"id": 3, "name": "c3"}]  # case and spaces aside, the spec's names
+    p = _write(tmp_path, json.dumps({"images": [{"id": 11, "file_name": "a.png", "width": 32, "height": 16}],
+                                     "categories": cats, "annotations": [_ann(1, 11, 3, [4, 2, 10, 6])]}))
+    spec = tiny_spec()
+    ds = CocoDetection(ann_file=p, image_dir=img, spec=spec, train=False)
+    assert sorted(ds.coco.getCatIds()) == [3, 7, 12]
+    m = coco_evaluate(ds.coco, {11: Detections.empty()}, spec.category_ids, spec.class_names)
+    assert m["per_class_AP"] == {"c3": 0.0, "c7": None, "c12": None}
+
+
+def test_category_named_differently_from_the_spec(tiny, tmp_path):
+    # the same ids numbering other classes (splits exported with different category lists): fail, never relabel
+    img = tiny[1]
+    cats = [{"id": 3, "name": "c3"}, {"id": 7, "name": "c12"}]
+    p = _write(tmp_path, json.dumps({"images": [{"id": 11, "file_name": "a.png", "width": 32, "height": 16}],
+                                     "categories": cats, "annotations": []}))
+    _raises(p, img, f"annotation file {str(p)!r}: category id 7 is 'c12' here but 'c7' in the spec; the splits "
+                    "number their categories differently (export every split with the same category list) or the "
+                    "model was trained on another dataset")
+
 def test_structural_errors_name_the_id(tiny, tmp_path):
     img = tiny[1]
     im = {"id": 11, "file_name": "a.png", "width": 32, "height": 16}
