@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -300,21 +300,79 @@ def _label(runner: Runner, taken: set[str]) -> str:
     return label
 
 
-def _load_images(gt: Any, image_dir: Path, max_images: int | None) -> tuple[list[int], list[np.ndarray]]:
+IMAGE_CACHE_BYTES = 1 << 30
+"""Decoded validation images kept in memory between passes (1 GiB); the rest are decoded again on use."""
+
+
+class ValImages(Sequence[np.ndarray]):
+    """The validation images in image-id order: decoded once up front, kept in memory up to a byte budget.
+
+    validate reads every image once per model, so a small set is decoded once and held; a large one (COCO's
+    5,000 val images are ~4.6 GB decoded) keeps its first images up to ``cache_bytes`` and decodes the rest again
+    on each use instead of holding them all, which a Jetson's shared 8 GB could not.
+
+    Args:
+        files: per image, its path and its annotated ``(width, height)`` (or None).
+        cache_bytes: decoded bytes to hold.
+
+    Raises:
+        InputError: an image cannot be read (checked for every image here, before any model runs).
+    """
+
+    def __init__(self, files: Sequence[tuple[Path, tuple[int, int] | None]], *, cache_bytes: int) -> None:
+        self._files = list(files)
+        self._budget = cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self._held = 0
+        self.decodes = 0
+        for i in range(len(self._files)):
+            self[i]
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of decoded images held now."""
+        return self._held
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        index %= len(self)
+        image = self._cache.get(index)
+        if image is None:
+            path, size = self._files[index]
+            image = load_image(path, size=size)
+            self.decodes += 1
+            if self._held + image.nbytes <= self._budget:  # a fixed set, not LRU: passes are sequential
+                self._cache[index] = image
+                self._held += image.nbytes
+        return image
+
+
+def _load_images(gt: Any, image_dir: Path, max_images: int | None, cache_bytes: int) -> tuple[list[int], ValImages]:
     ids = sorted(int(i) for i in gt.getImgIds())
     if max_images is not None:
         ids = ids[:max_images]
     if not ids:
         raise InputError("the annotation file lists no images; validate needs a non-empty val set")
-    images = []
+    files: list[tuple[Path, tuple[int, int] | None]] = []
     for i in ids:
         name = gt.imgs[i].get("file_name")
         if not name:
             raise InputError(f"image id {i} has no file_name in the annotation file")
         w, h = gt.imgs[i].get("width"), gt.imgs[i].get("height")
-        size = (w, h) if isinstance(w, int) and isinstance(h, int) else None
-        images.append(load_image(image_file(image_dir, name), size=size))
-    return ids, images
+        files.append((image_file(image_dir, name), (w, h) if isinstance(w, int) and isinstance(h, int) else None))
+    return ids, ValImages(files, cache_bytes=cache_bytes)
 
 
 def _batch_consistency(detector: Detector, images: Sequence[np.ndarray], singles: Sequence[Detections],
@@ -377,6 +435,7 @@ def validate(
     sample_images: int = 8,
     skipped: Sequence[Mapping[str, str]] = (),
     progress: Callable[[str], None] | None = None,
+    image_cache_bytes: int = IMAGE_CACHE_BYTES,
 ) -> Report:
     """Validate models against a reference on the same original images and write the report.
 
@@ -400,6 +459,7 @@ def validate(
         sample_images: images on each sample sheet.
         skipped: models that could not be run, listed in the report.
         progress: called with one-line status messages.
+        image_cache_bytes: decoded images held in memory between passes; the rest are decoded on each use.
 
     Returns:
         The `Report`; ``report.passed`` is the overall gate verdict.
@@ -431,7 +491,7 @@ def validate(
         raise InputError("no reference runner")
     out = ensure_writable_dir(report_dir)
     gt = load_coco(ann_file)
-    ids, images = _load_images(gt, Path(image_dir), max_images)
+    ids, images = _load_images(gt, Path(image_dir), max_images, image_cache_bytes)
     say(f"{len(images)} images from {ann_file}")
 
     all_runners = [reference, *models]

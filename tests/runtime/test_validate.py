@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retinaedge.runtime.errors import InputError
-from retinaedge.runtime.validate import ROW_KEYS, TRT_INT8_NOTE, parse_gate, validate
+from retinaedge.runtime.validate import ROW_KEYS, TRT_INT8_NOTE, ValImages, parse_gate, validate
 
 pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
@@ -105,6 +105,36 @@ def test_batched_evaluation_equals_batch_one(square_data, squares, tmp_path):
     a = run(square_data, tmp_path / "a", [squares.OracleRunner(name="ref")])
     b = run(square_data, tmp_path / "b", [squares.OracleRunner(name="ref")], batch=3)
     assert a.rows[0].metrics["AP"] == b.rows[0].metrics["AP"] > 0.5
+
+
+def test_images_beyond_the_cache_budget_are_decoded_on_use_with_the_same_report(square_data, squares, tmp_path):
+    full = run(square_data, tmp_path / "a", [squares.OracleRunner(name="ref"),
+                                             squares.OracleRunner(name="fp16", precision="fp16")])
+    none = run(square_data, tmp_path / "b", [squares.OracleRunner(name="ref"),
+                                             squares.OracleRunner(name="fp16", precision="fp16")],
+               image_cache_bytes=0)
+    for a, b in zip(full.rows, none.rows, strict=True):
+        assert a.metrics == b.metrics and a.det_agreement == b.det_agreement and a.passed == b.passed
+
+
+def test_val_images_hold_what_fits_and_decode_the_rest_on_use(tmp_path):
+    from PIL import Image
+
+    files = []
+    for i, (w, h) in enumerate([(8, 4), (6, 6), (4, 8)]):
+        arr = np.full((h, w, 3), 40 * i, np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        files.append((tmp_path / f"{i}.png", (w, h)))
+    images = ValImages(files, cache_bytes=8 * 4 * 3 + 6 * 6 * 3)  # the first two fit exactly
+    assert images.decodes == 3 and images.held_bytes == 96 + 108
+    assert [im.shape for im in images[:]] == [(4, 8, 3), (6, 6, 3), (8, 4, 3)]
+    assert images.decodes == 4  # only the third is decoded again
+    assert int(images[-1][0, 0, 0]) == 80 and images.decodes == 5
+    with pytest.raises(IndexError, match="out of range for 3 images"):
+        images[3]
+    (tmp_path / "2.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"2\.png"):
+        ValImages(files, cache_bytes=0)  # every image is checked before any model runs
 
 
 def test_trt_int8_latency_is_marked(square_data, squares, tmp_path):
