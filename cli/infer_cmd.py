@@ -1,5 +1,8 @@
 """``retinaedge infer``: detections on a video file, a live stream/camera or an image folder.
 
+Images in a folder are read as displayed (EXIF orientation applied), like OpenCV's ``imread``: boxes, sizes and
+annotated copies are in the frame a viewer shows.
+
 Never imports torch: an edge box needs only the runtime (ORT on CPU, TensorRT + PyCUDA on a GPU).
 """
 
@@ -14,10 +17,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a model on a video, stream URL, /dev/videoN or image folder",
         description="Run an .onnx (ONNX Runtime, CPU) or .engine (TensorRT, GPU) model on a video file, a live "
         "stream (tcp://, rtsp://, udp://, http://...), a capture device (/dev/videoN) or a folder of images. "
-        "Writes detections.jsonl, stats.json and an annotated MP4 (video) or annotated/ images (folder).",
+        "Writes detections.jsonl, stats.json and an annotated MP4 (video) or annotated/ images (folder). "
+        "Images are read as displayed: their EXIF orientation is applied (as OpenCV's imread does), so boxes, "
+        "sizes and annotated images are in the displayed frame.",
     )
     p.add_argument("--model", required=True, help="model file: .onnx or .engine")
-    p.add_argument("--source", required=True, help="VIDEO file, URL, /dev/videoN, or IMG_DIR")
+    p.add_argument("--source", required=True,
+                   help="VIDEO file, URL, /dev/videoN, or IMG_DIR (images turned by their EXIF orientation)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch", type=int, default=1, help="frames/images per inference call (default 1)")
     p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",

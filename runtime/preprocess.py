@@ -110,19 +110,22 @@ def to_input(canvases: list[np.ndarray] | np.ndarray, spec: DetectorSpec) -> np.
     return chw if spec.input_dtype == "uint8" else chw.astype(np.float32)
 
 
-def load_image(path: str | Path, *, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(path: str | Path, *, size: tuple[int, int] | None = None, exif_transpose: bool = False) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
 
     Any PIL mode is converted (grayscale, palette, RGBA with its alpha dropped, CMYK ...); 16-bit grayscale
     (modes ``I;16*`` and ``I``) keeps its top 8 bits, as OpenCV's ``imread`` does, where a plain
     ``convert("RGB")`` would clip it to white. EXIF orientation is ignored (COCO's convention) unless ``size``
-    says the file was annotated turned (see ``size``).
+    says the file was annotated turned (see ``size``) or ``exif_transpose`` asks for it.
 
     Args:
         path: the image file.
         size: ``(width, height)`` an annotation file gives for it. When the stored pixels do not have this
             size but the file's EXIF orientation turns them into it (a photo annotated the way viewers
             show it), the turned image is returned.
+        exif_transpose: always apply the file's EXIF orientation: the image as viewers display it, as
+            OpenCV's ``imread`` (``IMREAD_COLOR``) returns it. For loose photos without annotations
+            (``retinaedge infer``); ``size`` is not consulted then.
 
     Raises:
         InputError: naming the file when it is missing or cannot be decoded.
@@ -130,6 +133,8 @@ def load_image(path: str | Path, *, size: tuple[int, int] | None = None) -> np.n
     p = Path(path)
     try:
         with Image.open(p) as im:
+            if exif_transpose:
+                return _to_rgb(ImageOps.exif_transpose(im))
             if size is not None and im.size != tuple(size):
                 turned = ImageOps.exif_transpose(im)
                 if turned.size == tuple(size):

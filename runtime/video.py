@@ -708,6 +708,11 @@ def run_images(
 ) -> ImageStats:
     """Run a detector over every image of a folder.
 
+    Images are read as viewers display them: the file's EXIF orientation is applied (as OpenCV's ``imread``
+    and Ultralytics do), so the model sees the turned photo and boxes, ``width``/``height`` and the annotated
+    copies are all in the displayed frame. (Datasets keep COCO's stored-pixel convention: see
+    `retinaedge.runtime.preprocess.load_image`.)
+
     Args:
         detector: runner + spec (activated here, deactivated at the end).
         source_dir: folder of images (see `retinaedge.runtime.preprocess.list_images`).
@@ -738,7 +743,7 @@ def run_images(
         with open(jsonl_path, "w", encoding="utf-8") as f:
             for i in range(0, len(files), batch):
                 chunk = files[i:i + batch]
-                images = [load_image(p) for p in chunk]
+                images = [load_image(p, exif_transpose=True) for p in chunk]
                 t0 = time.perf_counter()
                 dets = detector(images)
                 dt = (time.perf_counter() - t0) / len(chunk)

@@ -106,3 +106,28 @@ def test_infer_never_imports_torch(block, tmp_path_factory, clip, data, tmp_path
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"rc": [0, 0], "torch_modules": []}
     assert (tmp_path / "v" / "annotated.mp4").is_file() and (tmp_path / "i" / "detections.jsonl").is_file()
+
+
+def test_image_folder_is_read_as_displayed_by_exif_orientation(oracle_model, tmp_path):
+    # a phone photo stored 96 wide x 64 high, EXIF orientation 6 (viewers turn it 90 degrees clockwise and show
+    # it 64 x 96); the red square is stored at x 60..76, y 4..20. Turned clockwise, stored (x, y) is shown at
+    # (63 - y, x): x 44..60, y 60..76. infer read the stored pixels and reported [60, 4, 76, 20] in a 96 x 64 frame.
+    from PIL import Image
+
+    stored = np.full((64, 96, 3), H.BACKGROUND, np.uint8)
+    stored[4:20, 60:76] = H.COLORS[0]
+    src = tmp_path / "photos"
+    src.mkdir()
+    img = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(src / "phone.jpg", exif=exif, quality=100)
+    out = tmp_path / "out"
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(src), "--out", str(out), "--quiet"])
+    assert rc == 0
+    (line,) = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert (line["width"], line["height"]) == (64, 96)
+    (red,) = [d for d in line["detections"] if d["class"] == 0]
+    np.testing.assert_allclose(red["bbox"], [44, 60, 60, 76], atol=2.5)
+    with Image.open(out / "annotated" / "phone.jpg") as drawn:
+        assert drawn.size == (64, 96) and not drawn.getexif().get(0x0112)  # shown as is by any viewer

@@ -111,3 +111,5 @@ def test_load_image_turns_by_exif_only_when_the_annotated_size_says_so(tmp_path)
     assert turned.shape == (24, 16, 3)
     assert turned[:4, :, 0].min() > 200 and turned[-4:, :, 0].max() < 60
     assert load_image(p, size=(20, 20)).shape == (16, 24, 3)  # neither: as stored, the caller rescales
+    shown = load_image(p, exif_transpose=True)  # loose photos (infer): as displayed, whatever the size
+    assert shown.shape == (24, 16, 3) and shown[:4, :, 0].min() > 200 and shown[-4:, :, 0].max() < 60
