@@ -29,6 +29,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -676,8 +677,9 @@ class ImageStats:
         fps: images per second over ``wall_s``.
         latency_ms_p50: median per-image time of preprocess + model + post-process (batch time / batch size).
         latency_ms_p99: 99th percentile of the same.
-        jsonl_path: one line per image: ``{"file", "width", "height", "detections"}``.
-        annotated_dir: annotated JPEGs, or None when not written.
+        jsonl_path: one line per image: ``{"file", "width", "height", "detections"}``, plus ``"annotated"`` (the
+            annotated copy, relative to the output folder) when those are written.
+        annotated_dir: annotated JPEGs (names: `annotated_names`), or None when not written.
     """
 
     images: int
@@ -694,6 +696,26 @@ class ImageStats:
     def summary(self) -> str:
         return (f"{self.images} images in {self.wall_s:.2f} s ({self.fps:.1f} img/s), latency p50 "
                 f"{self.latency_ms_p50:.1f} ms p99 {self.latency_ms_p99:.1f} ms")
+
+
+def annotated_names(files: Sequence[Path]) -> list[str]:
+    """File names of the annotated JPEG copies of ``files`` (one folder's images), unique and stable.
+
+    ``a.png`` -> ``a.jpg`` when no other file shares its stem; ``a.png`` -> ``a.png.jpg`` (the source name kept)
+    when another does (``a.jpg`` next to ``a.png``) or when another file is named like its stem (``a.png.jpg``
+    next to ``a.png``), so no copy overwrites another. Stems and names compare case-folded: the outputs stay
+    distinct on case-insensitive file systems too.
+
+    Args:
+        files: image files with distinct names (`retinaedge.runtime.preprocess.list_images`).
+
+    Returns:
+        One name per file, in the same order.
+    """
+    stems = Counter(p.stem.casefold() for p in files)
+    taken = {p.name.casefold() for p in files}
+    return [f"{p.stem}.jpg" if stems[p.stem.casefold()] == 1 and p.stem.casefold() not in taken else f"{p.name}.jpg"
+            for p in files]
 
 
 def run_images(
@@ -716,7 +738,7 @@ def run_images(
     Args:
         detector: runner + spec (activated here, deactivated at the end).
         source_dir: folder of images (see `retinaedge.runtime.preprocess.list_images`).
-        out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` go.
+        out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` (named by `annotated_names`) go.
         batch: images per inference call.
         write_images: also write annotated copies.
         min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
@@ -730,6 +752,7 @@ def run_images(
     if batch <= 0:
         raise InputError(f"batch={batch} must be a positive integer")
     files = list_images(source_dir)
+    out_names = annotated_names(files)
     out = ensure_writable_dir(out_dir)
     ann_dir = out / "annotated"
     if write_images:
@@ -742,19 +765,21 @@ def run_images(
     try:
         with open(jsonl_path, "w", encoding="utf-8") as f:
             for i in range(0, len(files), batch):
-                chunk = files[i:i + batch]
+                chunk, chunk_names = files[i:i + batch], out_names[i:i + batch]
                 images = [load_image(p, exif_transpose=True) for p in chunk]
                 t0 = time.perf_counter()
                 dets = detector(images)
                 dt = (time.perf_counter() - t0) / len(chunk)
                 latencies.extend([dt] * len(chunk))
-                for path, image, d in zip(chunk, images, dets, strict=True):
-                    line = {"file": path.name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                            "detections": d.to_json(names, detector.spec.category_ids)}
-                    f.write(json.dumps(line) + "\n")
+                for path, out_name, image, d in zip(chunk, chunk_names, images, dets, strict=True):
+                    line: dict[str, Any] = {"file": path.name, "width": int(image.shape[1]),
+                                            "height": int(image.shape[0]),
+                                            "detections": d.to_json(names, detector.spec.category_ids)}
                     if write_images:
+                        line["annotated"] = f"{ann_dir.name}/{out_name}"
                         drawn = draw_detections(image, d, names, min_score=min_score)
-                        Image.fromarray(drawn).save(ann_dir / f"{path.stem}.jpg", quality=90)
+                        Image.fromarray(drawn).save(ann_dir / out_name, quality=90)
+                    f.write(json.dumps(line) + "\n")
                 if progress is not None:
                     progress(min(i + batch, len(files)))
     finally:

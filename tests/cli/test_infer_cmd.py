@@ -131,3 +131,25 @@ def test_image_folder_is_read_as_displayed_by_exif_orientation(oracle_model, tmp
     np.testing.assert_allclose(red["bbox"], [44, 60, 60, 76], atol=2.5)
     with Image.open(out / "annotated" / "phone.jpg") as drawn:
         assert drawn.size == (64, 96) and not drawn.getexif().get(0x0112)  # shown as is by any viewer
+
+
+def test_image_folder_with_shared_stems_writes_one_annotated_copy_each(oracle_model, tmp_path):
+    # a.jpg (red, 96 x 64) and a.png (green, 64 x 80) were both drawn to annotated/a.jpg, the second over the first
+    from PIL import Image
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name, cls, (w, h) in (("a.jpg", 0, (96, 64)), ("a.png", 1, (64, 80)), ("b.png", 0, (80, 80))):
+        img = np.full((h, w, 3), H.BACKGROUND, np.uint8)
+        img[8:24, 8:24] = H.COLORS[cls]
+        Image.fromarray(img).save(src / name, quality=100)
+    out = tmp_path / "out"
+    assert main(["infer", "--model", str(oracle_model), "--source", str(src), "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["a.jpg.jpg", "a.png.jpg", "b.jpg"]
+    lines = {x["file"]: x for x in map(json.loads, (out / "detections.jsonl").read_text().splitlines())}
+    assert {f: x["annotated"] for f, x in lines.items()} == {
+        "a.jpg": "annotated/a.jpg.jpg", "a.png": "annotated/a.png.jpg", "b.png": "annotated/b.jpg"}
+    for name, x in lines.items():
+        assert [d["class"] for d in x["detections"]] == [0 if name != "a.png" else 1]
+        with Image.open(out / x["annotated"]) as drawn:
+            assert drawn.size == (x["width"], x["height"]) == Image.open(src / name).size

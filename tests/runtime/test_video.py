@@ -17,6 +17,7 @@ from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.runner import Detector
 from retinaedge.runtime.video import (
+    annotated_names,
     classify_source,
     evaluate_video,
     read_jsonl_detections,
@@ -330,6 +331,17 @@ def test_image_folder_jsonl_and_annotated_images(square_data, squares, tmp_path)
     metrics = coco_evaluate(square_data / "annotations" / "instances_val.json", dets, (3, 7), squares.CLASS_NAMES)
     assert metrics["AP50"] == pytest.approx(1.0)
     assert not runner.is_active
+
+
+def test_annotated_names_keep_the_stem_unless_it_is_shared():
+    names = ["a.jpg", "a.png", "b.png", "c.png", "c.png.jpg", "D.jpg", "d.webp", "e.JPG"]
+    assert annotated_names([Path("dir", n) for n in names]) == [
+        "a.jpg.jpg", "a.png.jpg",  # a.png overwrote a.jpg's copy: both were a.jpg
+        "b.jpg",  # no collision: the name it always had
+        "c.jpg", "c.png.jpg.jpg",  # c.png.jpg's stem is a file's name (c.png), whose copy may be c.png.jpg
+        "D.jpg.jpg", "d.webp.jpg",  # D.jpg and d.jpg are one file on case-insensitive file systems
+        "e.jpg",
+    ]
 
 
 @pytest.mark.slow
