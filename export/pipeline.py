@@ -213,21 +213,33 @@ def _int8_tensorrt(pre: onnx.ModelProto, calib: CalibrationSet, cache: Calibrati
 
 def _heldout(config: ExportConfig, spec: DetectorSpec, calib: CalibrationSet
              ) -> tuple[Any, list[Path], list[int], np.ndarray, list[Letterbox]] | None:
+    """The val images listed in the annotation file and not used for calibration, with their ids and GT.
+
+    Each ``file_name`` is found as the training loader finds it (`retinaedge.runtime.cocoeval.image_file`:
+    sub-folders, and exporters' ``images/x.jpg`` or absolute paths for a flat folder); the first
+    ``config.heldout_images`` decodable files in path order are used.
+    """
     if config.calib_data is None:
         return None
-    from retinaedge.runtime.cocoeval import load_coco, split_layout
+    from retinaedge.runtime.cocoeval import image_file, load_coco, split_layout
 
     ann_file, folder = split_layout(config.calib_data, "val")
     if not ann_file.is_file() or not folder.is_dir():
         return None
     gt = load_coco(ann_file)
-    by_name = {img["file_name"]: int(img["id"]) for img in gt.dataset.get("images", [])}
     used = {p.resolve() for p in calib.files}
-    candidates = [p for p in list_images(folder) if p.resolve() not in used and p.name in by_name]
-    if not candidates:
+    by_path: dict[Path, int] = {}
+    for img in gt.dataset.get("images", []):
+        name = img.get("file_name")
+        if not name:
+            continue
+        path = image_file(folder, str(name))
+        if path.is_file() and path.resolve() not in used:
+            by_path.setdefault(path, int(img["id"]))
+    if not by_path:
         return None
-    held = load_calibration_set(candidates, spec, limit=config.heldout_images)
-    return gt, list(held.files), [by_name[p.name] for p in held.files], held.batch, list(held.metas)
+    held = load_calibration_set(sorted(by_path), spec, limit=config.heldout_images)
+    return gt, list(held.files), [by_path[p] for p in held.files], held.batch, list(held.metas)
 
 
 def detect_pre_nms(outputs: Mapping[str, np.ndarray], spec: DetectorSpec,

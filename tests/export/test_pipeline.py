@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from export_helpers import TinyData, torch_heads
+from export_helpers import TinyData, smooth_image, torch_heads
 
+from retinaedge.export.calib import load_calibration_set
 from retinaedge.export.config import ExportConfig
 from retinaedge.export.onnx_export import read_metadata
-from retinaedge.export.pipeline import detect_pre_nms, export_model, run_pre_nms
+from retinaedge.export.pipeline import _heldout, detect_pre_nms, export_model, run_pre_nms
 from retinaedge.runtime.cocoeval import coco_evaluate
 from retinaedge.runtime.compare import match_detections
 from retinaedge.runtime.errors import InputError, ModelError
@@ -170,3 +171,31 @@ def test_checkpoint_of_another_architecture(tmp_path: Any) -> None:
     config = ExportConfig(checkpoint=path, out_dir=tmp_path / "out")
     with pytest.raises(ModelError, match="does not match the model architecture"):
         export_model(config)
+
+
+def test_heldout_set_finds_file_names_like_the_training_loader(tmp_path: Any, tiny_spec: DetectorSpec) -> None:
+    # exporters write "images/x.png" or the annotating machine's path for a flat val/ folder: the held-out set
+    # matched bare names only, found no image and fell back to entropy without measuring either method
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for rel in ("train/t.png", "val/x.png", "val/y.png", "val/sub/z.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_image(rng, 48, 64)).save(tmp_path / rel)
+    names = {1: "images/x.png", 2: "C:\\export\\y.png", 3: "sub/z.png", 4: "images/gone.png"}
+    cats = [{"id": c, "name": n} for c, n in zip(tiny_spec.category_ids, tiny_spec.class_names, strict=True)]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": n, "width": 64, "height": 48} for i, n in names.items()],
+        "annotations": [], "categories": cats}))
+    config = ExportConfig(checkpoint=None, out_dir=tmp_path / "out", calib_data=tmp_path)
+    val = tmp_path / "val"
+
+    held = _heldout(config, tiny_spec, load_calibration_set([tmp_path / "train" / "t.png"], tiny_spec))
+    assert held is not None
+    _, files, ids, batch, metas = held
+    assert (files, ids) == ([val / "sub" / "z.png", val / "x.png", val / "y.png"], [3, 1, 2])
+    assert len(batch) == len(metas) == 3 and (metas[0].orig_width, metas[0].orig_height) == (64, 48)
+    # calibrated on val itself (no train/): the calibration images stay out of the held-out set
+    held = _heldout(config, tiny_spec, load_calibration_set([val / "x.png"], tiny_spec))
+    assert held is not None and (held[1], held[2]) == ([val / "sub" / "z.png", val / "y.png"], [3, 2])
