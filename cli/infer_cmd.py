@@ -14,16 +14,17 @@ import argparse
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "infer",
-        help="run a model on a video, stream URL, /dev/videoN or image folder",
+        help="run a model on a video, stream URL, /dev/videoN, image folder or image",
         description="Run an .onnx (ONNX Runtime, CPU) or .engine (TensorRT, GPU) model on a video file, a live "
-        "stream (tcp://, rtsp://, udp://, http://...), a capture device (/dev/videoN) or a folder of images. "
-        "Writes detections.jsonl, stats.json and an annotated MP4 (video) or annotated/ images (folder). "
+        "stream (tcp://, rtsp://, udp://, http://...), a capture device (/dev/videoN), a folder of images or one "
+        "image. Writes detections.jsonl, stats.json and an annotated MP4 (video) or annotated/ images. "
         "Images are read as displayed: their EXIF orientation is applied (as OpenCV's imread does), so boxes, "
         "sizes and annotated images are in the displayed frame.",
     )
     p.add_argument("--model", required=True, help="model file: .onnx or .engine")
     p.add_argument("--source", required=True,
-                   help="VIDEO file, URL, /dev/videoN, or IMG_DIR (images turned by their EXIF orientation)")
+                   help="VIDEO file, URL, /dev/videoN, IMG_DIR or IMAGE (.jpg/.png/...; images are turned by "
+                   "their EXIF orientation)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch", type=int, default=1, help="frames/images per inference call (default 1)")
     p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from retinaedge.runtime.models import load_runner
     from retinaedge.runtime.runner import Detector
-    from retinaedge.runtime.video import run_images, run_video
+    from retinaedge.runtime.video import is_image_source, run_images, run_video
 
     console = Console(stderr=True)
     kwargs = {"threads": args.threads} if args.threads and str(args.model).endswith(".onnx") else {}
@@ -57,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.quiet, transient=True) as progress:
-        if source.is_dir():
+        if is_image_source(source):
             from retinaedge.runtime.preprocess import list_images
 
-            task = progress.add_task("images", total=len(list_images(source)))
+            task = progress.add_task("images", total=len(list_images(source)) if source.is_dir() else 1)
             stats = run_images(detector=detector, source_dir=source, out_dir=args.out, batch=args.batch,
                                write_images=not args.no_draw, min_score=args.min_score,
                                progress=lambda n: progress.update(task, completed=n))

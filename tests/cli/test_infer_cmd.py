@@ -153,3 +153,22 @@ def test_image_folder_with_shared_stems_writes_one_annotated_copy_each(oracle_mo
         assert [d["class"] for d in x["detections"]] == [0 if name != "a.png" else 1]
         with Image.open(out / x["annotated"]) as drawn:
             assert drawn.size == (x["width"], x["height"]) == Image.open(src / name).size
+
+
+def test_one_image_file_is_run_as_an_image(oracle_model, tmp_path):
+    # a single .jpg went down the video path: stored orientation and a one-frame annotated.mp4
+    from PIL import Image
+
+    img = np.full((64, 96, 3), H.BACKGROUND, np.uint8)
+    img[4:20, 60:76] = H.COLORS[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(img).save(tmp_path / "Phone.JPG", exif=exif, quality=100)
+    out = tmp_path / "out"
+    rc = main(["infer", "--model", str(oracle_model), "--source", str(tmp_path / "Phone.JPG"), "--out", str(out),
+               "--quiet"])
+    assert rc == 0 and not (out / "annotated.mp4").exists()
+    (line,) = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert line["file"] == "Phone.JPG" and (line["width"], line["height"]) == (64, 96)  # as displayed
+    np.testing.assert_allclose(line["detections"][0]["bbox"], [44, 60, 60, 76], atol=2.5)
+    assert (out / line["annotated"]).is_file()
