@@ -113,3 +113,24 @@ def test_load_image_turns_by_exif_only_when_the_annotated_size_says_so(tmp_path)
     assert load_image(p, size=(20, 20)).shape == (16, 24, 3)  # neither: as stored, the caller rescales
     shown = load_image(p, exif_transpose=True)  # loose photos (infer): as displayed, whatever the size
     assert shown.shape == (24, 16, 3) and shown[:4, :, 0].min() > 200 and shown[-4:, :, 0].max() < 60
+
+
+def test_load_image_reduce_to_decodes_large_jpegs_at_a_dct_scale(tmp_path):
+    # 1024x768 with a red block at x 512..768, y 384..576; reduce_to (128, 96) keeps >= (256, 192): 1/4 scale
+    pixels = np.zeros((768, 1024, 3), np.uint8)
+    pixels[384:576, 512:768] = (255, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    small = load_image(tmp_path / "big.jpg", reduce_to=(128, 96))
+    assert small.shape == (192, 256, 3)
+    assert small[100:140, 132:188, 0].min() > 200 and small[:90, :, 0].max() < 60  # block at x/4, y/4
+    assert load_image(tmp_path / "big.jpg", reduce_to=(200, 150)).shape == (384, 512, 3)  # 1/4 < 2x: 1/2
+    assert load_image(tmp_path / "big.jpg", reduce_to=(600, 400)).shape == (768, 1024, 3)  # under 2x: full
+    assert load_image(tmp_path / "big.png", reduce_to=(128, 96)).shape == (768, 1024, 3)  # PNG: no DCT scaling
+    # stored 1024x768 with EXIF orientation 6, annotated as shown (768x1024): reduce_to is in the shown frame
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    assert load_image(tmp_path / "phone.jpg", size=(768, 1024), reduce_to=(96, 128)).shape == (256, 192, 3)
+

@@ -390,12 +390,16 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
     def __len__(self) -> int:
         return len(self._records)
 
-    def _decode(self, i: int) -> np.ndarray | None:
+    def _decode(self, i: int, *, reduce: bool = False) -> np.ndarray | None:
         if self._flags[i] & _CORRUPT:
             return None
         rec = self._records[i]
+        reduce_to = None
+        if reduce:  # a large JPEG decodes at 1/2..1/8 scale, still >= 2x the letterboxed size (see load_image)
+            _, (nh, nw) = letterbox_params(rec.height, rec.width, self.spec)
+            reduce_to = (nw, nh)
         try:
-            return load_image(rec.path, size=(rec.width, rec.height))
+            return load_image(rec.path, size=(rec.width, rec.height), reduce_to=reduce_to)
         except InputError as e:
             self._flags[i] |= _CORRUPT
             _LOG.warning("skipping image id %d: %s", rec.image_id, e)
@@ -427,16 +431,19 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         rec = self._records[i]
         h, w = image.shape[:2]
         boxes = rec.boxes
-        if (h, w) != (rec.height, rec.width):
-            self._flags[i] |= _RESIZED
-            boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, dtype=np.float32)
-        return boxes
+        if (h, w) == (rec.height, rec.width):
+            return boxes
+        for s in (2, 4, 8):  # a JPEG decoded at 1/s scale (load_image's reduce_to): pixel x maps to x / s
+            if (h, w) == (-(-rec.height // s), -(-rec.width // s)):
+                return boxes / np.float32(s)
+        self._flags[i] |= _RESIZED
+        return boxes * np.array([w / rec.width, h / rec.height] * 2, dtype=np.float32)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         n = len(self._records)
         for k in range(n):
             i = (index + k) % n
-            image = self._decode(i)
+            image = self._decode(i, reduce=self.augment is not None)
             if image is not None:
                 return self._make_item(i, image)
         raise DataError(f"no image listed in {str(self.ann_file)!r} could be decoded (all {n} are corrupt)")

@@ -126,6 +126,33 @@ def test_size_mismatch_rescales_boxes(tmp_path):
 
 
 
+def test_training_decodes_large_jpegs_reduced_with_the_same_boxes(tmp_path, monkeypatch):
+    # a 1024x512 photo for a 64 px input (letterboxed 64x32): training decodes it at 1/8 (128x64 >= 2x), a full
+    # decode would cost ~8x more; the boxes must come out as from the full decode, and it is no size mismatch
+    pixels = np.zeros((512, 1024, 3), np.uint8)
+    pixels[128:384, 256:512] = RED
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
+    data = {"images": [{"id": 1, "file_name": "big.jpg", "width": 1024, "height": 512}],
+            "annotations": [_ann(1, 1, 7, [256, 128, 256, 256])], "categories": CATS}
+    (tmp_path / "i.json").write_text(json.dumps(data))
+    import retinaedge.train.data.coco as coco
+
+    shapes = []
+    real = coco.load_image
+    monkeypatch.setattr(coco, "load_image", lambda *a, **k: shapes.append(real(*a, **k).shape) or real(*a, **k))
+    no_aug = AugmentConfig(hflip=0.0, p_jitter=0.0)
+    train = CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=True,
+                          augment=no_aug)
+    val = CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=False)
+    (img_t, t), (img_v, v) = train[0], val[0]
+    assert shapes == [(64, 128, 3), (512, 1024, 3)]  # training: 1/8 scale; evaluation: the full image
+    # 1024x512 -> 64x32 at scale 1/16, pad_y 16: [256, 128, 512, 384] -> [16, 24, 32, 40]
+    np.testing.assert_array_equal(t["boxes"].numpy(), [[16, 24, 32, 40]])
+    np.testing.assert_array_equal(v["boxes"].numpy(), t["boxes"].numpy())
+    assert train.skip_counts["size_mismatch"] == 0
+    assert (img_t.int() - img_v.int()).abs().float().mean() < 4  # the same picture
+
+
 def test_exif_turned_photo_annotated_as_shown(tmp_path):
     # a phone photo stored 32x16 with EXIF orientation 6 (shown 16x32), annotated as shown: the JSON says
     # 16x32. It used to count as a size mismatch and stretch the boxes by (2, 0.5) instead of turning the image.
