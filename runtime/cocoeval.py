@@ -99,6 +99,43 @@ def load_coco(ann_file: str | Path) -> Any:
     return gt
 
 
+def align_categories(gt: Any, category_ids: Sequence[int], class_names: Sequence[str]) -> None:
+    """Make a loaded ground truth list every category of a model, as the training loader does.
+
+    Exporters often write a val file with only the categories its images use. The model's other categories are
+    added without boxes (their AP is then None, not an error); a category id named otherwise in the file
+    (another numbering of the classes) is refused rather than silently compared.
+
+    Args:
+        gt: a ``pycocotools.coco.COCO`` (from `load_coco`); re-indexed in place when categories are added.
+        category_ids: the spec's category ids.
+        class_names: the spec's class names (a name the trainer suffixed with ``_<id>`` to tell apart
+            categories sharing a name matches the plain name).
+
+    Raises:
+        InputError: an id named differently, or none of the model's ids in the file.
+    """
+    have = {int(c["id"]): str(c.get("name", "")) for c in gt.dataset.get("categories", [])}
+    if not set(have) & set(int(c) for c in category_ids):
+        raise InputError(f"none of the model's category ids {list(category_ids)} is in the annotation file (it has "
+                         f"{sorted(have)}); the model was trained on another dataset")
+    added = False
+    for cid, want in zip(category_ids, class_names, strict=True):
+        cid = int(cid)
+        if cid not in have:
+            gt.dataset.setdefault("categories", []).append({"id": cid, "name": want})
+            added = True
+            continue
+        name = have[cid].strip().casefold()
+        if want.strip().casefold() not in (name, f"{name}_{cid}"):
+            raise InputError(f"category id {cid} is {have[cid]!r} in the annotation file but {want!r} in the model; "
+                             "the splits number their categories differently or the model was trained on another "
+                             "dataset")
+    if added:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+
+
 def detections_to_coco(
     detections: Mapping[int, Detections], category_ids: Sequence[int]
 ) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from typing import Any, overload
 import numpy as np
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.cocoeval import coco_evaluate, image_file, load_coco
+from retinaedge.runtime.cocoeval import align_categories, coco_evaluate, image_file, load_coco
 from retinaedge.runtime.compare import Agreement, compare_raw, detections_consistent, match_detections
 from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.draw import contact_sheet, draw_detections
@@ -490,11 +490,13 @@ def validate(
     if reference is None:  # for the type checker; handled above
         raise InputError("no reference runner")
     out = ensure_writable_dir(report_dir)
+    all_runners = [reference, *models]
     gt = load_coco(ann_file)
+    for r in all_runners:
+        align_categories(gt, r.spec.category_ids, r.spec.class_names)
     ids, images = _load_images(gt, Path(image_dir), max_images, image_cache_bytes)
     say(f"{len(images)} images from {ann_file}")
 
-    all_runners = [reference, *models]
     evaluated: list[_Evaluated] = []
     for r in all_runners:
         say(f"evaluating {r.name} ({r.backend} {r.precision})")

@@ -137,6 +137,27 @@ def test_val_images_hold_what_fits_and_decode_the_rest_on_use(tmp_path):
         ValImages(files, cache_bytes=0)  # every image is checked before any model runs
 
 
+def test_a_val_file_listing_only_its_own_categories_is_completed_or_refused(square_data, squares, tmp_path):
+    # exporters write only the categories a split uses: the model's other one joins the ground truth without
+    # boxes (AP None); an id named otherwise, or no shared id at all, is another numbering: refused
+    gt = json.loads((square_data / "annotations" / "instances_val.json").read_text())
+    (keep,) = [c for c in gt["categories"] if c["id"] == 3]
+    only = {**gt, "categories": [keep], "annotations": [a for a in gt["annotations"] if a["category_id"] == 3]}
+    ann = tmp_path / "only.json"
+    ann.write_text(json.dumps(only))
+    kw = {"image_dir": square_data / "val", "reference": None}
+    report = validate(ann_file=ann, runners=[squares.OracleRunner(name="ref")], report_dir=tmp_path / "r", **kw)
+    per_class = report.rows[0].metrics["per_class_AP"]
+    assert per_class[keep["name"]] > 0.5 and list(per_class.values()).count(None) == 1
+    renamed = {**only, "categories": [{"id": 3, "name": "something else"}]}
+    ann.write_text(json.dumps(renamed))
+    with pytest.raises(InputError, match="category id 3 is 'something else' in the annotation file but"):
+        validate(ann_file=ann, runners=[squares.OracleRunner(name="ref")], report_dir=tmp_path / "r", **kw)
+    ann.write_text(json.dumps({**only, "categories": [{"id": 90, "name": keep["name"]}]}))
+    with pytest.raises(InputError, match=r"none of the model's category ids \[3, 7\] is in the annotation file"):
+        validate(ann_file=ann, runners=[squares.OracleRunner(name="ref")], report_dir=tmp_path / "r", **kw)
+
+
 def test_trt_int8_latency_is_marked(square_data, squares, tmp_path):
     int8 = squares.OracleRunner(name="model.int8.onnx", precision="int8")
     int8.target = "tensorrt"
