@@ -252,6 +252,10 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             if bad or not isinstance(im["file_name"], str):
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} lacks {bad or ['file_name (str)']}; "
                                 "every image entry needs id, file_name, width and height")
+            for key in ("width", "height"):  # some exporters write 640.0: a whole float is the int
+                v = im[key]
+                if isinstance(v, float) and v.is_integer():
+                    im[key] = int(v)
             if not (isinstance(im["width"], int) and isinstance(im["height"], int)
                     and im["width"] > 0 and im["height"] > 0):
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} has size "

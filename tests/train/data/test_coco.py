@@ -153,6 +153,22 @@ def test_training_decodes_large_jpegs_reduced_with_the_same_boxes(tmp_path, monk
     assert (img_t.int() - img_v.int()).abs().float().mean() < 4  # the same picture
 
 
+def test_whole_float_image_sizes_are_ints_and_fractional_ones_are_named(tmp_path):
+    _png(tmp_path / "a.png", 32, 16)
+    im = {"id": 1, "file_name": "a.png", "width": 32.0, "height": 16.0}  # as some exporters write them
+    data = {"images": [im], "annotations": [_ann(1, 1, 7, [2, 1, 8, 4])], "categories": CATS}
+    (tmp_path / "i.json").write_text(json.dumps(data))
+    ds = CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=False)
+    _, t = ds[0]
+    # 32x16 -> scale 2, 64x32, pad_y 16: [2, 1, 10, 5] -> [4, 18, 20, 26]
+    np.testing.assert_array_equal(t["boxes"].numpy(), [[4, 18, 20, 26]])
+    assert ds.skip_counts["size_mismatch"] == 0
+    data["images"] = [{**im, "width": 32.5}]
+    (tmp_path / "i.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"image id 1 has size 32\.5x16; width and height must be positive ints"):
+        CocoDetection(ann_file=tmp_path / "i.json", image_dir=tmp_path, spec=tiny_spec(), train=False)
+
+
 def test_exif_turned_photo_annotated_as_shown(tmp_path):
     # a phone photo stored 32x16 with EXIF orientation 6 (shown 16x32), annotated as shown: the JSON says
     # 16x32. It used to count as a size mismatch and stretch the boxes by (2, 0.5) instead of turning the image.
