@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.quiet, transient=True) as progress:
         if is_image_source(source):
-            from retinaedge.runtime.preprocess import list_images
+            from retinaedge.runtime.preprocess import image_files
 
-            task = progress.add_task("images", total=len(list_images(source)) if source.is_dir() else 1)
+            task = progress.add_task("images", total=len(image_files(source)))
             stats = run_images(detector=detector, source_dir=source, out_dir=args.out, batch=args.batch,
                                write_images=not args.no_draw, min_score=args.min_score,
                                progress=lambda n: progress.update(task, completed=n))

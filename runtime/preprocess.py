@@ -176,12 +176,27 @@ def list_images(folder: str | Path) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
         raise InputError(f"image folder {str(d)!r} does not exist")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in d.iterdir() if is_image_file(p))
     if not files:
         raise InputError(
             f"image folder {str(d)!r} holds no images with suffix in {list(IMAGE_SUFFIXES)}"
         )
     return files
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file with an image suffix (`IMAGE_SUFFIXES`, any case)."""
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+
+
+def image_files(source: str | Path) -> list[Path]:
+    """The images ``source`` names: one image file, or those directly in a folder (`list_images`).
+
+    Raises:
+        InputError: if ``source`` is neither an image file nor a folder holding images.
+    """
+    return [Path(source)] if is_image_file(source) else list_images(source)
 
 
 def preprocess_batch(images: list[np.ndarray], spec: DetectorSpec) -> tuple[np.ndarray, list[Letterbox]]:

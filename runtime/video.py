@@ -44,7 +44,7 @@ from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.draw import draw_detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
-from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, list_images, load_image, preprocess_batch
+from retinaedge.runtime.preprocess import image_files, is_image_file, load_image, preprocess_batch
 from retinaedge.runtime.runner import Detector
 
 SourceKind = Literal["file", "live", "device"]
@@ -720,8 +720,7 @@ def annotated_names(files: Sequence[Path]) -> list[str]:
 
 def is_image_source(source: str | Path) -> bool:
     """Whether ``infer --source`` names images (a folder, or one image file by suffix) rather than a video."""
-    p = Path(source)
-    return p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return Path(source).is_dir() or is_image_file(source)
 
 
 def run_images(
@@ -743,7 +742,7 @@ def run_images(
 
     Args:
         detector: runner + spec (activated here, deactivated at the end).
-        source_dir: folder of images (see `retinaedge.runtime.preprocess.list_images`), or one image file.
+        source_dir: folder of images, or one image file (`retinaedge.runtime.preprocess.image_files`).
         out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` (named by `annotated_names`) go.
         batch: images per inference call.
         write_images: also write annotated copies.
@@ -757,8 +756,7 @@ def run_images(
 
     if batch <= 0:
         raise InputError(f"batch={batch} must be a positive integer")
-    src = Path(source_dir)
-    files = [src] if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES else list_images(src)
+    files = image_files(source_dir)
     out_names = annotated_names(files)
     out = ensure_writable_dir(out_dir)
     ann_dir = out / "annotated"
