@@ -63,13 +63,18 @@ def image_file(image_dir: str | Path, file_name: str) -> Path:
     return flat if flat.is_file() else direct
 
 
+def whole_int(value: Any) -> Any:
+    """``value`` as an int when it is a whole float (``640.0`` -> ``640``: exporters' sizes); else as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def load_coco(ann_file: str | Path) -> Any:
     """Load a COCO annotation file with pycocotools, quietly.
 
     The file is read as bytes, so a UTF-8 byte-order mark (Windows tools write one) or UTF-16 is fine, whatever
     the locale (pycocotools' own reader opens it as locale text). Annotations without ``iscrowd`` get ``0`` and
     those without ``area`` get their box's ``w * h`` (``COCOeval`` needs both and raises ``KeyError``
-    otherwise; many non-COCO exporters omit them).
+    otherwise; many non-COCO exporters omit them). Whole-float image sizes (``640.0``) become ints.
 
     Returns:
         A ``pycocotools.coco.COCO``.
@@ -85,6 +90,10 @@ def load_coco(ann_file: str | Path) -> Any:
         data = json.loads(p.read_bytes())
         if not isinstance(data, dict):
             raise TypeError(f"the top level is a JSON {type(data).__name__}, not an object")
+        for img in data.get("images", []):
+            for key in ("width", "height"):  # some exporters write 640.0: a whole float is the int
+                if key in img:
+                    img[key] = whole_int(img[key])
         for ann in data.get("annotations", []):
             ann.setdefault("iscrowd", 0)
             bbox = ann.get("bbox")

@@ -370,8 +370,7 @@ def _load_images(gt: Any, image_dir: Path, max_images: int | None, cache_bytes: 
         name = gt.imgs[i].get("file_name")
         if not name:
             raise InputError(f"image id {i} has no file_name in the annotation file")
-        w, h = (int(v) if isinstance(v, float) and v.is_integer() else v
-                for v in (gt.imgs[i].get("width"), gt.imgs[i].get("height")))
+        w, h = gt.imgs[i].get("width"), gt.imgs[i].get("height")  # whole floats are ints (load_coco)
         files.append((image_file(image_dir, name), (w, h) if isinstance(w, int) and isinstance(h, int) else None))
     return ids, ValImages(files, cache_bytes=cache_bytes)
 

@@ -162,3 +162,17 @@ def test_ground_truth_with_a_utf8_byte_order_mark_and_non_ascii_names(ann_file: 
     ann_file.write_bytes(b"\xef\xbb\xbf" + json.dumps(data, ensure_ascii=False).encode("utf-8"))
     m = coco_evaluate(ann_file, _perfect(), CATEGORY_IDS, ("café 猫", "square"))
     assert m["per_class_AP"] == {"café 猫": pytest.approx(1.0), "square": pytest.approx(1.0)}
+
+
+def test_whole_float_image_sizes_load_as_ints(ann_file: Path, tmp_path: Path) -> None:
+    from retinaedge.runtime.cocoeval import load_coco
+
+    data = json.loads(ann_file.read_text())
+    data["images"][0].update(width=64.0, height=48.0)  # as some exporters write them
+    data["images"][1].update(width=64.5)  # not whole: left for the caller to refuse
+    del data["images"][1]["height"]  # absent stays absent
+    p = tmp_path / "float.json"
+    p.write_text(json.dumps(data))
+    imgs = load_coco(p).dataset["images"]
+    assert (imgs[0]["width"], imgs[0]["height"]) == (64, 48) and isinstance(imgs[0]["width"], int)
+    assert imgs[1]["width"] == 64.5 and "height" not in imgs[1]

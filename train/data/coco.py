@@ -73,7 +73,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.cocoeval import image_file
+from retinaedge.runtime.cocoeval import image_file, whole_int
 from retinaedge.runtime.errors import DataError, InputError
 from retinaedge.runtime.preprocess import letterbox, letterbox_params, load_image
 from retinaedge.runtime.spec import DetectorSpec
@@ -253,9 +253,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} lacks {bad or ['file_name (str)']}; "
                                 "every image entry needs id, file_name, width and height")
             for key in ("width", "height"):  # some exporters write 640.0: a whole float is the int
-                v = im[key]
-                if isinstance(v, float) and v.is_integer():
-                    im[key] = int(v)
+                im[key] = whole_int(im[key])
             if not (isinstance(im["width"], int) and isinstance(im["height"], int)
                     and im["width"] > 0 and im["height"] > 0):
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} has size "
