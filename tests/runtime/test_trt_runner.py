@@ -154,6 +154,7 @@ def test_construct_reads_only_the_sidecar(engine):
     assert runner.spec == SPEC and runner.precision == "fp16" and runner.backend == "trt"
     assert runner.name == "trt-fp16:model.fp16.engine" and runner.batch_range == (1, 8)
     assert not runner.is_active
+    assert not runner.on_host_cpu  # the video pipeline lets host threads overlap a GPU engine freely
     assert "pycuda" not in sys.modules and "pycuda.driver" not in sys.modules
     with pytest.raises(RuntimeError, match="not active"):
         runner.infer(np.zeros((1, 3, 64, 64), np.uint8))
