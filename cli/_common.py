@@ -1,1 +1,0 @@
-"""retinaedge.cli._common: (placeholder, to be written)."""

@@ -1,1 +1,0 @@
-"""retinaedge.train.demo: (placeholder, to be written)."""
