@@ -68,6 +68,53 @@ def whole_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def whole_sizes(image: dict[str, Any]) -> dict[str, Any]:
+    """An ``images`` entry with whole-float ``width``/``height`` made ints, in place (absent keys stay absent).
+
+    The one size policy of both COCO readers (`load_coco` and the training loader): some exporters write
+    ``640.0``, which is the size 640; a fractional size is left as it is for the caller to refuse or ignore.
+    """
+    for key in ("width", "height"):
+        if key in image:
+            image[key] = whole_int(image[key])
+    return image
+
+
+def image_size(image: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(width, height)`` of an ``images`` entry after `whole_sizes`, or None when either is not an int."""
+    w, h = image.get("width"), image.get("height")
+    return (w, h) if isinstance(w, int) and isinstance(h, int) else None
+
+
+def category_mismatch(file_categories: Mapping[int, str], category_ids: Sequence[int],
+                      class_names: Sequence[str]) -> tuple[int, str, str] | None:
+    """The first spec category that a COCO file names otherwise, as ``(id, file's name, spec's name)``.
+
+    The one category policy of both COCO readers: names compare case-folded and stripped, and a spec name the
+    trainer suffixed with ``_<id>`` (categories sharing a name, `retinaedge.train.data.coco.read_categories`)
+    matches the plain name. Ids the file lacks are not a mismatch (see `missing_categories`).
+    """
+    for cid, want in zip(category_ids, class_names, strict=True):
+        have = file_categories.get(int(cid))
+        if have is None:
+            continue
+        name = have.strip().casefold()
+        if want.strip().casefold() not in (name, f"{name}_{int(cid)}"):
+            return int(cid), have, want
+    return None
+
+
+def missing_categories(file_categories: Mapping[int, str], category_ids: Sequence[int],
+                       class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """``categories`` entries (``{"id", "name"}``) for the spec's ids the file lacks: added without boxes.
+
+    Exporters often write a split with only the categories its images use; the model's others then join the
+    ground truth with no boxes (their AP is None, not an error).
+    """
+    return [{"id": int(c), "name": n} for c, n in zip(category_ids, class_names, strict=True)
+            if int(c) not in file_categories]
+
+
 def load_coco(ann_file: str | Path) -> Any:
     """Load a COCO annotation file with pycocotools, quietly.
 
@@ -91,9 +138,7 @@ def load_coco(ann_file: str | Path) -> Any:
         if not isinstance(data, dict):
             raise TypeError(f"the top level is a JSON {type(data).__name__}, not an object")
         for img in data.get("images", []):
-            for key in ("width", "height"):  # some exporters write 640.0: a whole float is the int
-                if key in img:
-                    img[key] = whole_int(img[key])
+            whole_sizes(img)
         for ann in data.get("annotations", []):
             ann.setdefault("iscrowd", 0)
             bbox = ann.get("bbox")
@@ -128,19 +173,15 @@ def align_categories(gt: Any, category_ids: Sequence[int], class_names: Sequence
     if not set(have) & set(int(c) for c in category_ids):
         raise InputError(f"none of the model's category ids {list(category_ids)} is in the annotation file (it has "
                          f"{sorted(have)}); the model was trained on another dataset")
-    added = False
-    for cid, want in zip(category_ids, class_names, strict=True):
-        cid = int(cid)
-        if cid not in have:
-            gt.dataset.setdefault("categories", []).append({"id": cid, "name": want})
-            added = True
-            continue
-        name = have[cid].strip().casefold()
-        if want.strip().casefold() not in (name, f"{name}_{cid}"):
-            raise InputError(f"category id {cid} is {have[cid]!r} in the annotation file but {want!r} in the model; "
-                             "the splits number their categories differently or the model was trained on another "
-                             "dataset")
+    mismatch = category_mismatch(have, category_ids, class_names)
+    if mismatch is not None:
+        cid, name, want = mismatch
+        raise InputError(f"category id {cid} is {name!r} in the annotation file but {want!r} in the model; "
+                         "the splits number their categories differently or the model was trained on another "
+                         "dataset")
+    added = missing_categories(have, category_ids, class_names)
     if added:
+        gt.dataset.setdefault("categories", []).extend(added)
         with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
 

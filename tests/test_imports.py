@@ -61,3 +61,23 @@ def test_tensorrt_stubs_did_not_leak_into_the_environment():
     code = "import tensorrt, sys; sys.exit(0 if hasattr(tensorrt, 'Logger') else 3)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 3, "an importable 'tensorrt' without Logger: tensorrt-stubs leaked into the venv"
+
+
+def test_every_runtime_module_is_either_shared_kernel_or_deployment_in_the_contracts():
+    """runtime/ is the shared kernel plus the deployed stage: each module is declared one or the other, the kernel
+    list of `retinaedge.runtime.SHARED_KERNEL` is the contract's, and the two lists do not overlap."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    contracts = {c["name"]: c for c in pyproject["tool"]["importlinter"]["contracts"]}
+    stages = next(c for c in contracts.values() if c.get("source_modules") == ["retinaedge.train", "retinaedge.export"]
+                  and "retinaedge.runtime.video" in c["forbidden_modules"])
+    kernel = next(c for c in contracts.values() if c.get("source_modules", [""])[0] == "retinaedge.runtime.spec")
+    deployment = set(stages["forbidden_modules"])
+    shared = {f"retinaedge.runtime.{m}" for m in retinaedge.runtime.SHARED_KERNEL}
+    assert set(kernel["source_modules"]) == shared and set(kernel["forbidden_modules"]) == deployment
+    runtime_modules = set(_modules(retinaedge.runtime)) - {"retinaedge.runtime"}
+    assert not shared & deployment
+    assert runtime_modules - shared - deployment == set(), "declare the new module shared or deployment"
+    assert (shared | deployment) - runtime_modules == set(), "a declared module does not exist"

@@ -176,3 +176,17 @@ def test_whole_float_image_sizes_load_as_ints(ann_file: Path, tmp_path: Path) ->
     imgs = load_coco(p).dataset["images"]
     assert (imgs[0]["width"], imgs[0]["height"]) == (64, 48) and isinstance(imgs[0]["width"], int)
     assert imgs[1]["width"] == 64.5 and "height" not in imgs[1]
+
+
+def test_one_category_and_size_policy_for_both_coco_readers() -> None:
+    from retinaedge.runtime.cocoeval import category_mismatch, image_size, missing_categories, whole_sizes
+
+    file_cats = {1: " Fish", 3: "shark"}
+    # case and spaces aside; a trainer-suffixed name (fish_1: the train split had two 'fish') matches the plain one
+    assert category_mismatch(file_cats, (1, 3, 7), ("fish_1", "SHARK", "eel")) is None
+    assert category_mismatch(file_cats, (1, 3), ("fish", "ray")) == (3, "shark", "ray")
+    assert category_mismatch(file_cats, (1,), ("fish_2",)) == (1, " Fish", "fish_2")  # another id's suffix
+    assert missing_categories(file_cats, (1, 3, 7), ("fish", "shark", "eel")) == [{"id": 7, "name": "eel"}]
+    assert image_size(whole_sizes({"width": 640.0, "height": 480})) == (640, 480)
+    assert image_size(whole_sizes({"width": 640.5, "height": 480})) is None
+    assert whole_sizes({"width": 2.0}) == {"width": 2} and image_size({"width": 2}) is None

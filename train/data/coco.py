@@ -73,7 +73,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.cocoeval import image_file, whole_int
+from retinaedge.runtime.cocoeval import category_mismatch, image_file, image_size, missing_categories, whole_sizes
 from retinaedge.runtime.errors import DataError, InputError
 from retinaedge.runtime.preprocess import letterbox, letterbox_params, load_image
 from retinaedge.runtime.spec import DetectorSpec
@@ -229,14 +229,13 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         path = self.ann_file
         cat_index = {cid: i for i, cid in enumerate(spec.category_ids)}
         cats = _categories(data, path)
-        file_cats = {c for c, _ in cats}
-        spec_names = dict(zip(spec.category_ids, spec.class_names, strict=True))
-        for (cid, raw), name in zip(cats, _class_names(cats), strict=True):
-            want = spec_names.get(cid)
-            if want is not None and name.strip().casefold() != want.strip().casefold():
-                raise DataError(f"annotation file {str(path)!r}: category id {cid} is {raw!r} here but {want!r} in "
-                                "the spec; the splits number their categories differently (export every split "
-                                "with the same category list) or the model was trained on another dataset")
+        file_cats = dict(cats)
+        mismatch = category_mismatch(file_cats, spec.category_ids, spec.class_names)  # validate's policy too
+        if mismatch is not None:
+            cid, raw, want = mismatch
+            raise DataError(f"annotation file {str(path)!r}: category id {cid} is {raw!r} here but {want!r} in "
+                            "the spec; the splits number their categories differently (export every split "
+                            "with the same category list) or the model was trained on another dataset")
         if not data["images"]:
             raise DataError(f"annotation file {str(path)!r} lists no images; nothing to train or evaluate on")
 
@@ -252,10 +251,8 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             if bad or not isinstance(im["file_name"], str):
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} lacks {bad or ['file_name (str)']}; "
                                 "every image entry needs id, file_name, width and height")
-            for key in ("width", "height"):  # some exporters write 640.0: a whole float is the int
-                im[key] = whole_int(im[key])
-            if not (isinstance(im["width"], int) and isinstance(im["height"], int)
-                    and im["width"] > 0 and im["height"] > 0):
+            size = image_size(whole_sizes(im))  # 640.0 is 640, as load_coco reads it
+            if size is None or min(size) <= 0:
                 raise DataError(f"annotation file {str(path)!r}: image id {iid} has size "
                                 f"{im['width']!r}x{im['height']!r}; width and height must be positive ints")
             images[iid] = im
@@ -335,8 +332,8 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
         kept_ids = set(self.image_ids)
         clean_data = {k: v for k, v in data.items() if k not in ("images", "annotations")}
-        clean_data["categories"] = [*data["categories"], *({"id": c, "name": n} for c, n in spec_names.items()
-                                                            if c not in file_cats)]
+        clean_data["categories"] = [*data["categories"],
+                                    *missing_categories(file_cats, spec.category_ids, spec.class_names)]
         clean_data["images"] = [images[i] for i in self.image_ids]
         clean_data["annotations"] = [a for a in kept_anns if a["image_id"] in kept_ids]
         self._clean_data = clean_data
