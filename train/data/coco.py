@@ -63,7 +63,7 @@ import json
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,13 +418,6 @@ class CocoDetection(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             return load_image(rec.path, size=(rec.width, rec.height)), rec.image_id
         except InputError as e:
             raise DataError(f"image id {rec.image_id}: {e}") from None
-
-    def iter_originals(self) -> Iterator[tuple[np.ndarray, int]]:
-        """Yield `load_original` for every decodable image, skipping (and counting) corrupt ones."""
-        for i in range(len(self)):
-            img = self._decode(i)
-            if img is not None:
-                yield img, self._records[i].image_id
 
     def _boxes_for(self, i: int, image: np.ndarray) -> np.ndarray:
         rec = self._records[i]
