@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-ENGINE_SUFFIXES = (".engine", ".plan")
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -35,26 +33,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
-def find_models(entries: list[str]) -> list[str]:
-    """Expand directories into their .onnx and engine files (sorted); keep files as given."""
-    from pathlib import Path
-
-    from retinaedge.runtime.errors import InputError
-
-    found: list[str] = []
-    for entry in entries:
-        p = Path(entry)
-        if p.is_dir():
-            found += [str(f) for f in sorted(p.iterdir()) if f.suffix in (".onnx", *ENGINE_SUFFIXES) and f.is_file()]
-        elif p.is_file():
-            found.append(str(p))
-        else:
-            raise InputError(f"--models entry {entry!r} does not exist; pass model files or a directory of them")
-    if not found:
-        raise InputError(f"no .onnx or .engine files in {entries}; run retinaedge export/build first")
-    return found
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -63,36 +41,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from retinaedge.runtime.cocoeval import split_layout
-    from retinaedge.runtime.errors import RetinaEdgeError
-    from retinaedge.runtime.models import load_runner
     from retinaedge.runtime.runner import Runner
-    from retinaedge.runtime.validate import DEFAULT_GATE, ExportNmsRunner, parse_gate, validate
+    from retinaedge.runtime.validate import (
+        DEFAULT_GATE,
+        ExportNmsRunner,
+        find_models,
+        load_models,
+        parse_gate,
+        validate,
+    )
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs and pipes
     gate = parse_gate(args.gate) if args.gate else dict(DEFAULT_GATE)
     default_ann, default_images = split_layout(args.data, "val")  # or COCO's instances_val2017.json, val2017/
     ann = Path(args.val_ann) if args.val_ann else default_ann
     images = Path(args.val_images) if args.val_images else default_images
-    runners: list[Runner] = []
-    raws: list[Runner | None] = []
-    skipped: list[dict[str, str]] = []
-    for path in find_models(args.models):
-        is_engine = path.endswith(ENGINE_SUFFIXES)
-        kwargs = {} if is_engine or not args.threads else {"threads": args.threads}
-        try:
-            runner = load_runner(path, **kwargs)
-            if is_engine:  # engines need TensorRT + a GPU here: find out now, list them as skipped otherwise
-                runner.activate()
-                runner.deactivate()
-        except RetinaEdgeError as e:
-            if not is_engine:
-                raise
-            skipped.append({"model": path, "reason": str(e)})
-            console.print(f"[yellow]skipped[/] {path}: {e}")
-            continue
-        runners.append(runner)
-        raws.append(None if is_engine else load_runner(path, raw=True, **kwargs))
-    reference: Runner | None = None
+    models = load_models(find_models(args.models), threads=args.threads,
+                         on_skip=lambda path, reason: console.print(f"[yellow]skipped[/] {path}: {reason}"))
+    reference: Runner | None = None  # None: validate() takes the first FP32 model (with its raw twin)
     raw_reference: Runner | None = None
     if args.checkpoint:
         from retinaedge.train.torch_runner import TorchRunner  # the CLI, not runtime/, may import torch
@@ -103,18 +69,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             reference = TorchRunner(checkpoint=ckpt)
         raw_reference = TorchRunner(checkpoint=ckpt, raw=True)
-    elif runners:
-        fp32 = [i for i, r in enumerate(runners) if r.precision == "fp32"]
-        if fp32:  # validate() would pick it too; its raw twin goes with it
-            i = fp32[0]
-            reference, raw_reference = runners.pop(i), raws.pop(i)
-    if not runners and reference is None:
+    if not models.runners and reference is None:
         console.print("retinaedge validate: nothing to validate here (every model was skipped)")
         return 1
     report = validate(
-        ann_file=ann, image_dir=images, runners=runners, reference=reference, report_dir=args.report, gate=gate,
-        batch=args.batch, max_images=args.max_images, raw_runners=raws, raw_reference=raw_reference,
-        skipped=skipped, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        ann_file=ann, image_dir=images, runners=models.runners, reference=reference, report_dir=args.report,
+        gate=gate, batch=args.batch, max_images=args.max_images, raw_runners=models.raw_runners,
+        raw_reference=raw_reference, skipped=models.skipped, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
     )
     lines = report.table()
     table = Table(title=f"retinaedge validate — reference {report.reference}, {report.images} images")
@@ -134,3 +95,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     console.print("[green]gate passed[/]")
     return 0
+
+
+def __getattr__(name: str) -> object:
+    """``find_models`` and ``ENGINE_SUFFIXES`` moved to the library (runtime.validate, runtime.models); kept here,
+    imported on first use so ``retinaedge --help`` stays light, for cli/bench_cmd.py."""
+    if name == "find_models":
+        from retinaedge.runtime.validate import find_models
+
+        return find_models
+    if name == "ENGINE_SUFFIXES":
+        from retinaedge.runtime.models import ENGINE_SUFFIXES
+
+        return ENGINE_SUFFIXES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Drawing detections on images, and contact sheets of annotated samples (PIL only).
 
 Used by ``retinaedge infer`` (annotated video frames and images) and by ``retinaedge validate`` (a sheet of
-sample detections per model).
+sample images per model: the ground truth in white, the model's detections over it in class colours).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def _check_rgb(image: np.ndarray) -> None:
         )
 
 
+GT_COLOR: tuple[int, int, int] = (255, 255, 255)
+"""Ground-truth boxes are drawn in white under the detections' class colours (validation sample sheets)."""
+
+
 def draw_detections(
     image: np.ndarray,
     detections: Detections,
@@ -59,26 +63,62 @@ def draw_detections(
     Returns:
         (H, W, 3) uint8 RGB, a new array; ``image`` is not modified.
     """
+    keep = detections.scores >= min_score
+    # draw low scores first so the confident boxes end on top
+    order = np.argsort(detections.scores[keep], kind="stable")
+    classes = detections.classes[keep][order].tolist()
+    scores = detections.scores[keep][order].tolist()
+    labels = [f"{_name(class_names, c)} {s:.2f}" for c, s in zip(classes, scores, strict=True)]
+    return _draw_boxes(image, detections.boxes[keep][order], [class_color(int(c)) for c in classes],
+                       labels if show_labels else None, line_width)
+
+
+def draw_ground_truth(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    line_width: int = 1,
+    show_labels: bool = False,
+) -> np.ndarray:
+    """Draw ground-truth boxes in `GT_COLOR` on a copy of an image (detections are then drawn over them).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        boxes: (M, 4) xyxy in the image's own pixels.
+        classes: (M,) contiguous class indices.
+        class_names: name of each class index (used when ``show_labels``).
+        line_width: box outline width in pixels.
+        show_labels: draw the class name above each box.
+
+    Returns:
+        (H, W, 3) uint8 RGB, a new array.
+    """
+    labels = [_name(class_names, int(c)) for c in np.asarray(classes).tolist()] if show_labels else None
+    return _draw_boxes(image, np.asarray(boxes, np.float32).reshape(-1, 4), [GT_COLOR] * len(classes), labels,
+                       line_width)
+
+
+def _name(class_names: Sequence[str], cls: int) -> str:
+    return class_names[int(cls)] if 0 <= int(cls) < len(class_names) else str(int(cls))
+
+
+def _draw_boxes(image: np.ndarray, boxes: np.ndarray, colors: Sequence[tuple[int, int, int]],
+                labels: Sequence[str] | None, line_width: int) -> np.ndarray:
+    """Outline ``boxes`` (N, 4) xyxy, clipped to the image, each in its colour, with an optional tag above it."""
     _check_rgb(image)
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     font = _font()
     h, w = image.shape[:2]
-    keep = detections.scores >= min_score
-    # draw low scores first so the confident boxes end on top
-    order = np.argsort(detections.scores[keep], kind="stable")
-    boxes = detections.boxes[keep][order]
-    scores = detections.scores[keep][order]
-    classes = detections.classes[keep][order]
-    for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True):
-        color = class_color(int(cls))
+    for i, (box, color) in enumerate(zip(boxes.tolist(), colors, strict=True)):
         x1, y1, x2, y2 = (float(v) for v in box)
         x1, x2 = sorted((min(max(x1, 0.0), w - 1.0), min(max(x2, 0.0), w - 1.0)))
         y1, y2 = sorted((min(max(y1, 0.0), h - 1.0), min(max(y2, 0.0), h - 1.0)))
         draw.rectangle((x1, y1, x2, y2), outline=color, width=line_width)
-        if show_labels:
-            name = class_names[int(cls)] if 0 <= int(cls) < len(class_names) else str(int(cls))
-            text = f"{name} {score:.2f}"
+        if labels is not None:
+            text = labels[i]
             tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
             tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
             ty = y1 - th if y1 - th >= 0 else y1  # inside the box when there is no room above it

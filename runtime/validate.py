@@ -1,29 +1,33 @@
 """Accuracy-vs-precision validation: every model on the same original images, one row each, against a gate.
 
-For each runner (torch FP32 reference, ORT FP32/FP16/INT8 ONNX, TensorRT engines) `validate`:
+Model files are found (`find_models`: directories expanded into their .onnx/.engine files) and opened
+(`load_models`: engines that cannot run here are listed as skipped). Then `validate` runs four stages:
 
-* runs `retinaedge.runtime.runner.Detector` on the ORIGINAL validation images (letterbox inside, boxes mapped
-  back to original pixels) and scores the detections with pycocotools (`retinaedge.runtime.cocoeval`);
-* times every call (per-image latency = call time / images in the call; p50/p99);
-* compares raw head outputs with the reference through Polygraphy (`retinaedge.runtime.compare.compare_raw`,
-  reference second) when raw runners are given;
-* matches detections with the reference's by IoU and class (`match_detections`), pooled over images;
-* checks batch consistency: B copies of one image give B identical detection sets, and a mixed batch gives
-  each image's batch-1 result;
-* computes ΔAP and ``retained = AP / AP_ref`` and applies the gate.
+* **run** (`run_model`): `retinaedge.runtime.runner.Detector` on the ORIGINAL validation images (letterbox
+  inside, boxes mapped back to original pixels), every call timed (per-image latency = call time / images in
+  the call; p50/p99), batch consistency checked (B copies of one image give B identical detection sets, and a
+  mixed batch gives each image's batch-1 result), detections scored with pycocotools
+  (`retinaedge.runtime.cocoeval`);
+* **compare** (`compare_to_reference`): raw head outputs against the reference's through Polygraphy
+  (`retinaedge.runtime.compare.compare_raw`, reference second) when raw runners are given, and detections
+  matched with the reference's by IoU and class (`match_detections`), pooled over images;
+* **gate** (`gate_row`, a pure function): ``retained = AP / AP_ref`` against the gate;
+* **report** (`write_report`, the only code that draws or plots): ``report.json``, ``report.md``, the PR curves
+  and the sample sheets.
 
 Gate: a row passes when ``retained >= gate[precision]`` and its batch consistency is not violated. FP32 rows
-use ``gate.get("fp32", 0.999)``: an FP32 export must keep the reference's accuracy too. The reference row passes
-by definition. When the reference AP is 0 the ratio is undefined: ``retained`` is null and the row fails (the
-gate needs a trained model).
+use ``gate.get("fp32", 0.999)``: an FP32 export must keep the reference's accuracy too. A precision variant named
+by its file (``model.int8-mixed.onnx``: `PRECISION_VARIANTS`) is its own row and uses its base precision's gate
+value (``int8``) unless the gate names it. The reference row passes by definition. When the reference AP is 0 the
+ratio is undefined: ``retained`` is null and the row fails (the gate needs a trained model).
 
 INT8 Q/DQ ONNX built for TensorRT (symmetric INT8, ``retinaedge.target`` = ``tensorrt``) runs on ORT only to check
 its accuracy: ORT executes it correctly but slowly, so its latency is marked "not representative of
-TensorRT" (TENSORRT.md).
+TensorRT" (docs/TENSORRT.md).
 
-Outputs in ``report_dir``: ``report.json`` (keys of ARCHITECTURE.md, plus extra keys), ``report.md``,
+Outputs in ``report_dir``: ``report.json`` (keys of docs/ARCHITECTURE.md, plus extra keys), ``report.md``,
 ``pr_curves.png`` (precision-recall at IoU 0.5 per model, from pycocotools' accumulate arrays) and
-``samples_<label>.png`` (a contact sheet of sample detections per model).
+``samples_<label>.png`` (a contact sheet per model: the ground truth in white, its detections over it).
 """
 
 from __future__ import annotations
@@ -32,31 +36,42 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.cocoeval import align_categories, coco_evaluate, image_file, load_coco
+from retinaedge.runtime.cocoeval import align_categories, coco_evaluate, image_file, image_size, load_coco
 from retinaedge.runtime.compare import Agreement, compare_raw, detections_consistent, match_detections
 from retinaedge.runtime.detections import Detections
-from retinaedge.runtime.draw import contact_sheet, draw_detections
+from retinaedge.runtime.draw import contact_sheet, draw_detections, draw_ground_truth
 from retinaedge.runtime.errors import InputError, RetinaEdgeError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from retinaedge.runtime.models import ENGINE_SUFFIXES, META_TARGET, ONNX_SUFFIXES, load_runner, read_onnx_metadata
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.runner import Detector, Runner
+from retinaedge.runtime.spec import DetectorSpec
+
+MODEL_SUFFIXES: tuple[str, ...] = (*ONNX_SUFFIXES, *ENGINE_SUFFIXES)
 
 DEFAULT_GATE: Mapping[str, float] = {"fp16": 0.999, "int8": 0.99}
 FP32_GATE = 0.999
 """Used for FP32 rows unless the gate names ``fp32``."""
 
+PRECISION_VARIANTS: Mapping[str, str] = {"int8-mixed": "int8"}
+"""Precisions a model file names (``model.<variant>.onnx``) beyond its runner's own, each with its base precision:
+a variant gets its own report row and the base precision's gate value unless the gate names the variant."""
+
+GATE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", *PRECISION_VARIANTS)
+"""The keys a gate may name."""
+
 TRT_INT8_NOTE = "latency not representative of TensorRT (TensorRT Q/DQ INT8 ONNX run on ORT CPU: accuracy only)"
 
 ROW_KEYS = ("model", "backend", "precision", "nms", "AP", "AP50", "AP75", "retained", "latency_ms_p50",
             "latency_ms_p99", "max_abs_diff", "det_agreement", "batch_consistent", "pass")
-"""The stable keys of each ``report.json`` row (ARCHITECTURE.md); rows carry extra keys after these."""
+"""The stable keys of each ``report.json`` row (docs/ARCHITECTURE.md); rows carry extra keys after these."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,7 @@ class Row:
         model: the model's path (or the runner's name when it has no path).
         label: short unique label (``<backend>-<file stem>``) used for plots and sample sheets.
         backend: ``torch`` | ``ort`` | ``trt``.
-        precision: ``fp32`` | ``fp16`` | ``int8``.
+        precision: ``fp32`` | ``fp16`` | ``int8`` | ``int8-mixed`` (`row_precision`).
         nms: the spec's NMS mode.
         metrics: `coco_evaluate`'s 12 stats (and per-class AP).
         retained: ``AP / AP_ref``, None when the reference AP is 0.
@@ -102,7 +117,7 @@ class Row:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The ARCHITECTURE.md keys first, then extras."""
+        """The docs/ARCHITECTURE.md keys first, then extras."""
         m = self.metrics
         d: dict[str, Any] = {
             "model": self.model, "backend": self.backend, "precision": self.precision, "nms": self.nms,
@@ -239,12 +254,109 @@ class ExportNmsRunner(Runner):
 
 @dataclass
 class _Evaluated:
+    """What running one model on the images gave (the run stage's output)."""
+
     runner: Runner
     detections: dict[int, Detections]
     metrics: dict[str, Any]
     latencies_ms: list[float]
     batch_consistent: bool | None
     notes: list[str]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One model against the reference (the compare stage's output).
+
+    Attributes:
+        raw: `RawComparison.to_dict()` of the raw head outputs, or None when not compared.
+        det_agreement: IoU-matched detection agreement, pooled over images; None for the reference itself.
+        notes: why a comparison was not made.
+    """
+
+    raw: Mapping[str, Any] | None
+    det_agreement: float | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """Model files opened for validation (`load_models`).
+
+    Attributes:
+        runners: one detection runner per model that can run here.
+        raw_runners: per runner, its raw-head twin (ONNX) or None (engines).
+        skipped: ``{"model": path, "reason": one line}`` for engines that cannot run here.
+    """
+
+    runners: tuple[Runner, ...]
+    raw_runners: tuple[Runner | None, ...]
+    skipped: tuple[Mapping[str, str], ...]
+
+
+def find_models(entries: Sequence[str | Path]) -> list[str]:
+    """Expand directories into their .onnx and engine files (sorted); keep files as given.
+
+    Raises:
+        InputError: an entry that does not exist, or no model at all.
+    """
+    found: list[str] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            found += [str(f) for f in sorted(p.iterdir()) if f.suffix in MODEL_SUFFIXES and f.is_file()]
+        elif p.is_file():
+            found.append(str(p))
+        else:
+            raise InputError(f"--models entry {str(entry)!r} does not exist; pass model files or a directory of them")
+    if not found:
+        raise InputError(f"no .onnx or .engine files in {[str(e) for e in entries]}; run retinaedge export/build "
+                         "first")
+    return found
+
+
+def is_engine(path: str | Path) -> bool:
+    """Whether a model file is a TensorRT engine (by suffix), not an ONNX file."""
+    return str(path).endswith(ENGINE_SUFFIXES)
+
+
+def load_models(paths: Sequence[str | Path], *, threads: int | None = None,
+                on_skip: Callable[[str, str], None] | None = None) -> LoadedModels:
+    """Open each model file with its runner (and, for ONNX, a raw-head twin for the Polygraphy comparison).
+
+    Engines need TensorRT and a GPU: each is activated once here, and one that cannot run is listed as skipped
+    (``on_skip(path, reason)`` is called) instead of failing the whole validation. An ONNX file that cannot be
+    opened is an error.
+
+    Args:
+        paths: model files (`find_models`).
+        threads: ONNX Runtime intra-op threads for ONNX files (None: ORT's default).
+        on_skip: called with the path and the one-line reason of each skipped engine.
+
+    Raises:
+        RetinaEdgeError: an ONNX file cannot be opened.
+    """
+    runners: list[Runner] = []
+    raws: list[Runner | None] = []
+    skipped: list[Mapping[str, str]] = []
+    for path in map(str, paths):
+        engine = is_engine(path)
+        kwargs: dict[str, Any] = {} if engine or not threads else {"threads": threads}
+        try:
+            runner = load_runner(path, **kwargs)
+            if engine:  # engines need TensorRT + a GPU here: find out now, list them as skipped otherwise
+                runner.activate()
+                runner.deactivate()
+        except RetinaEdgeError as e:
+            if not engine:
+                raise
+            skipped.append({"model": path, "reason": str(e)})
+            if on_skip is not None:
+                on_skip(path, str(e))
+            continue
+        runners.append(runner)
+        raws.append(None if engine else load_runner(path, raw=True, **kwargs))
+    return LoadedModels(runners=tuple(runners), raw_runners=tuple(raws), skipped=tuple(skipped))
 
 
 def parse_gate(text: str) -> dict[str, float]:
@@ -256,11 +368,52 @@ def parse_gate(text: str) -> dict[str, float]:
             v = float(value)
         except ValueError:
             v = float("nan")
-        if not sep or key not in ("fp32", "fp16", "int8") or not 0 < v <= 100:
+        if not sep or key not in GATE_PRECISIONS or not 0 < v <= 100:
             raise InputError(f"gate entry {part!r} is not PRECISION=FRACTION with PRECISION in "
-                             "['fp32', 'fp16', 'int8']; e.g. --gate fp16=0.999,int8=0.99")
+                             f"{list(GATE_PRECISIONS)}; e.g. --gate fp16=0.999,int8=0.99")
         gate[key] = v / 100 if v > 1 else v
     return gate
+
+
+def row_precision(runner: Runner) -> str:
+    """The precision a report row shows: the runner's, or the variant its file names (`PRECISION_VARIANTS`).
+
+    ``model.int8-mixed.onnx`` runs as INT8 but is its own row, ``int8-mixed``; ``model.int8-cpu.onnx`` stays
+    ``int8`` (its target, not its precision, differs).
+    """
+    precision = str(runner.precision)
+    name = Path(_runner_path(runner)).name
+    for variant, base in PRECISION_VARIANTS.items():
+        if precision == variant or (precision == base and any(name.endswith(f".{variant}{suffix}")
+                                                              for suffix in MODEL_SUFFIXES)):
+            return variant
+    return precision
+
+
+def gate_threshold(precision: str, gate: Mapping[str, float]) -> float:
+    """The minimum ``retained`` for a precision: the gate's own value, a variant's base value, `FP32_GATE` for FP32,
+    else 1.0 (a precision the gate does not name must keep all of the reference's AP)."""
+    if precision in gate:
+        return gate[precision]
+    base = PRECISION_VARIANTS.get(precision, precision)
+    return gate.get(base, FP32_GATE if base == "fp32" else 1.0)
+
+
+def gate_row(*, precision: str, retained: float | None, batch_consistent: bool | None, is_reference: bool,
+             gate: Mapping[str, float]) -> tuple[bool, tuple[str, ...]]:
+    """The gate verdict of one row, and the notes that explain a failure (a pure function).
+
+    A row passes when ``retained >= gate_threshold(precision, gate)`` and its batch consistency is not violated;
+    the reference passes unless its batches are inconsistent; ``retained`` None (reference AP 0) fails.
+    """
+    if is_reference:
+        return batch_consistent is not False, ()
+    if retained is None:
+        return False, ("reference AP is 0: the gate needs a trained model",)
+    threshold = gate_threshold(precision, gate)
+    if retained < threshold:
+        return False, (f"retained {100 * retained:.2f}% < gate {100 * threshold:.2f}% for {precision}",)
+    return batch_consistent is not False, ()
 
 
 def _runner_path(runner: Runner) -> str:
@@ -273,24 +426,22 @@ def _target(runner: Runner) -> str | None:
         value = getattr(runner, attr, None)
         if isinstance(value, str):
             return value
-        if isinstance(value, Mapping) and "retinaedge.target" in value:
-            return str(value["retinaedge.target"])
+        if isinstance(value, Mapping) and META_TARGET in value:
+            return str(value[META_TARGET])
     path = getattr(runner, "path", None)
-    if path is not None and str(path).endswith(".onnx"):
+    if path is not None and str(path).endswith(ONNX_SUFFIXES):
         try:
-            from retinaedge.runtime.models import read_onnx_metadata
-
             meta = read_onnx_metadata(path)
         except (RetinaEdgeError, ImportError, OSError):
             return None
-        target = meta.get("retinaedge.target")
+        target = meta.get(META_TARGET)
         return None if target is None else str(target)
     return None
 
 
 def _label(runner: Runner, taken: set[str]) -> str:
     stem = Path(_runner_path(runner)).name
-    for suffix in (".onnx", ".engine", ".plan", ".pt"):
+    for suffix in (*MODEL_SUFFIXES, ".pt"):
         stem = stem.removesuffix(suffix)
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{runner.backend}-{stem}")
     label, n = base, 2
@@ -370,8 +521,7 @@ def _load_images(gt: Any, image_dir: Path, max_images: int | None, cache_bytes: 
         name = gt.imgs[i].get("file_name")
         if not name:
             raise InputError(f"image id {i} has no file_name in the annotation file")
-        w, h = gt.imgs[i].get("width"), gt.imgs[i].get("height")  # whole floats are ints (load_coco)
-        files.append((image_file(image_dir, name), (w, h) if isinstance(w, int) and isinstance(h, int) else None))
+        files.append((image_file(image_dir, name), image_size(gt.imgs[i])))  # whole floats are ints (load_coco)
     return ids, ValImages(files, cache_bytes=cache_bytes)
 
 
@@ -393,8 +543,12 @@ def _batch_consistency(detector: Detector, images: Sequence[np.ndarray], singles
     return ok, None if ok else f"batch inconsistent: batch {size} differs from batch 1"
 
 
-def _evaluate(runner: Runner, gt: Any, ids: Sequence[int], images: Sequence[np.ndarray], batch: int,
+def run_model(runner: Runner, gt: Any, ids: Sequence[int], images: Sequence[np.ndarray], batch: int,
               consistency_batch: int) -> _Evaluated:
+    """The run stage for one model: detections on every image, per-image latency, batch consistency, COCO metrics.
+
+    The runner is activated here; the caller deactivates it.
+    """
     detector = Detector(runner=runner)
     spec = detector.spec
     runner.activate()
@@ -414,6 +568,77 @@ def _evaluate(runner: Runner, gt: Any, ids: Sequence[int], images: Sequence[np.n
     consistent, note = _batch_consistency(detector, images, singles, consistency_batch)
     metrics = coco_evaluate(gt, dets, spec.category_ids, spec.class_names, pr_curves=True)
     return _Evaluated(runner, dets, metrics, lat, consistent, [note] if note else [])
+
+
+def compare_to_reference(evaluated: Sequence[_Evaluated], *, raw_reference: Runner | None,
+                         raw_runners: Sequence[Runner | None], compare_batches: Sequence[np.ndarray],
+                         ids: Sequence[int], agreement_iou: float, agreement_min_score: float,
+                         say: Callable[[str], None]) -> list[Comparison]:
+    """The compare stage: each model's raw outputs (Polygraphy, reference second) and detections (IoU-matched)
+    against the reference, ``evaluated[0]``.
+
+    Args:
+        evaluated: the run stage's results, the reference first.
+        raw_reference: the reference's raw-head runner, or None.
+        raw_runners: per model after the reference, its raw-head runner or None.
+        compare_batches: preprocessed (B, 3, H, W) batches for the raw comparison.
+        ids: the image ids whose detections are matched.
+        agreement_iou: IoU for a detection match.
+        agreement_min_score: detections below it are not matched.
+        say: progress messages.
+
+    Returns:
+        One `Comparison` per entry of ``evaluated`` (the reference's is empty).
+    """
+    ref = evaluated[0]
+    raw_note = None
+    if raw_reference is not None and any(raw_runners):
+        try:
+            raw_reference.activate()  # once for all comparisons
+        except RetinaEdgeError as e:
+            raw_note, raw_reference = f"raw outputs not compared: the reference has none ({e})", None
+    out = [Comparison(raw=None, det_agreement=None)]
+    try:
+        for ev, raw_runner in zip(evaluated[1:], raw_runners, strict=True):
+            notes = [] if raw_note is None else [raw_note]
+            raw = None
+            if raw_runner is not None and raw_reference is not None:
+                say(f"comparing raw outputs of {ev.runner.name} with {ref.runner.name} (Polygraphy)")
+                try:
+                    raw = compare_raw(raw_reference, raw_runner, compare_batches).to_dict()
+                except RetinaEdgeError as e:
+                    notes.append(f"raw outputs not compared: {e}")
+                finally:
+                    raw_runner.deactivate()
+            pooled = Agreement(0, 0, 0)
+            for image_id in ids:
+                pooled = pooled + match_detections(ev.detections[image_id], ref.detections[image_id], agreement_iou,
+                                                   min_score=agreement_min_score)
+            out.append(Comparison(raw=raw, det_agreement=pooled.agreement, notes=tuple(notes)))
+    finally:
+        if raw_reference is not None:
+            raw_reference.deactivate()
+    return out
+
+
+def pick_reference(runners: Sequence[Runner], raw_runners: Sequence[Runner | None], reference: Runner | None,
+                   raw_reference: Runner | None) -> tuple[Runner, Runner | None, list[Runner], list[Runner | None]]:
+    """The reference and the models compared with it: ``reference`` when given, else the first FP32 runner
+    (with its raw twin). Returns ``(reference, raw_reference, models, raw_runners)``.
+
+    Raises:
+        InputError: no reference given and no FP32 runner.
+    """
+    models, raws = list(runners), list(raw_runners)
+    if reference is not None:
+        return reference, raw_reference, models, raws
+    fp32 = [i for i, r in enumerate(models) if r.precision == "fp32"]
+    if not fp32:
+        raise InputError(
+            f"no reference: none of {[r.name for r in models]} is FP32; pass --checkpoint for the torch "
+            "FP32 reference or include the FP32 model"
+        )
+    return models.pop(fp32[0]), raws.pop(fp32[0]), models, raws
 
 
 def validate(
@@ -439,13 +664,17 @@ def validate(
 ) -> Report:
     """Validate models against a reference on the same original images and write the report.
 
+    Four stages: run (`run_model`, each model on every image), compare (`compare_to_reference`), gate
+    (`gate_row`, a pure function) and report (`write_report`, the only code that draws or plots).
+
     Args:
         ann_file: COCO ground truth of the validation images.
         image_dir: folder holding each image's ``file_name``.
         runners: the models to validate (activated and deactivated here, one at a time).
         reference: the FP32 reference (e.g. a torch runner); None -> the first FP32 entry of ``runners``.
         report_dir: where ``report.json``, ``report.md``, ``pr_curves.png`` and the sample sheets go.
-        gate: minimum ``retained`` per precision (``fp32`` defaults to `FP32_GATE`).
+        gate: minimum ``retained`` per precision (`gate_threshold`: ``fp32`` defaults to `FP32_GATE`, a variant
+            such as ``int8-mixed`` to its base precision's value).
         batch: images per detector call.
         max_images: evaluate only the first N images (by image id).
         raw_runners: per entry of ``runners``, a runner returning raw ``cls_logits``/``box_deltas`` (e.g.
@@ -474,21 +703,10 @@ def validate(
     if raw_runners is not None and len(raw_runners) != len(runners):
         raise InputError(f"{len(raw_runners)} raw runners for {len(runners)} runners; pass one (or None) per runner")
     for k in gate:
-        if k not in ("fp32", "fp16", "int8"):
-            raise InputError(f"gate key {k!r} is not a precision; allowed: ['fp32', 'fp16', 'int8']")
-    raw_list: list[Runner | None] = list(raw_runners) if raw_runners is not None else [None] * len(runners)
-    models = list(runners)
-    if reference is None:
-        fp32 = [i for i, r in enumerate(models) if r.precision == "fp32"]
-        if not fp32:
-            raise InputError(
-                f"no reference: none of {[r.name for r in models]} is FP32; pass --checkpoint for the torch "
-                "FP32 reference or include the FP32 model"
-            )
-        i = fp32[0]
-        reference, raw_reference = models.pop(i), raw_list.pop(i)
-    if reference is None:  # for the type checker; handled above
-        raise InputError("no reference runner")
+        if k not in GATE_PRECISIONS:
+            raise InputError(f"gate key {k!r} is not a precision; allowed: {list(GATE_PRECISIONS)}")
+    reference, raw_reference, models, raw_list = pick_reference(
+        runners, list(raw_runners) if raw_runners is not None else [None] * len(runners), reference, raw_reference)
     out = ensure_writable_dir(report_dir)
     all_runners = [reference, *models]
     gt = load_coco(ann_file)
@@ -501,84 +719,79 @@ def validate(
     for r in all_runners:
         say(f"evaluating {r.name} ({r.backend} {r.precision})")
         try:
-            evaluated.append(_evaluate(r, gt, ids, images, batch, consistency_batch))
+            evaluated.append(run_model(r, gt, ids, images, batch, consistency_batch))
         finally:
             r.deactivate()
-    ref_eval = evaluated[0]
-    ref_ap = float(ref_eval.metrics["AP"])
-    ref_label = f"{reference.backend}-{reference.precision}"
-
     compare_batches = [preprocess_batch(list(images[i:i + batch]), reference.spec)[0]
                        for i in range(0, min(compare_images, len(images)), batch)]
+    comparisons = compare_to_reference(evaluated, raw_reference=raw_reference, raw_runners=raw_list,
+                                       compare_batches=compare_batches, ids=ids, agreement_iou=agreement_iou,
+                                       agreement_min_score=agreement_min_score, say=say)
+    ref_ap = float(evaluated[0].metrics["AP"])
     labels: set[str] = set()
-    rows = []
-    raw_note = None
-    if raw_reference is not None and any(raw_list):
-        try:
-            raw_reference.activate()  # once for all comparisons
-        except RetinaEdgeError as e:
-            raw_note, raw_reference = f"raw outputs not compared: the reference has none ({e})", None
-    for idx, ev in enumerate(evaluated):
-        r = ev.runner
-        is_ref = idx == 0
-        notes = list(ev.notes)
-        raw = None
-        raw_runner = raw_reference if is_ref else raw_list[idx - 1]
-        if not is_ref and raw_note is not None:
-            notes.append(raw_note)
-        if not is_ref and raw_runner is not None and raw_reference is not None:
-            say(f"comparing raw outputs of {r.name} with {reference.name} (Polygraphy)")
-            try:
-                raw = compare_raw(raw_reference, raw_runner, compare_batches).to_dict()
-            except RetinaEdgeError as e:
-                notes.append(f"raw outputs not compared: {e}")
-            finally:
-                raw_runner.deactivate()
-        agreement = None
-        if not is_ref:
-            pooled = Agreement(0, 0, 0)
-            for image_id in ids:
-                pooled = pooled + match_detections(ev.detections[image_id], ref_eval.detections[image_id],
-                                                   agreement_iou, min_score=agreement_min_score)
-            agreement = pooled.agreement
-        ap = float(ev.metrics["AP"])
-        retained = 1.0 if is_ref else (ap / ref_ap if ref_ap > 0 else None)
-        threshold = gate.get(r.precision, FP32_GATE if r.precision == "fp32" else 1.0)
-        if is_ref:
-            passed = ev.batch_consistent is not False
-        elif retained is None:
-            passed = False
-            notes.append("reference AP is 0: the gate needs a trained model")
-        else:
-            passed = retained >= threshold and ev.batch_consistent is not False
-            if retained < threshold:
-                notes.append(f"retained {100 * retained:.2f}% < gate {100 * threshold:.2f}% for {r.precision}")
-        if r.precision == "int8" and r.backend == "ort" and _target(r) == "tensorrt":
-            notes.append(TRT_INT8_NOTE)
-        nms: str = r.spec.nms
-        if isinstance(r, ExportNmsRunner):
-            notes.append(f"{r.backend} heads + the exported NMS ({nms}, numpy emulation)")
-        elif r.backend == "torch":
-            nms = "torchvision"  # training's evaluation NMS, not the exported graph's
-        lat = np.asarray(ev.latencies_ms)
-        rows.append(Row(
-            model=_runner_path(r), label=_label(r, labels), backend=r.backend, precision=r.precision,
-            nms=nms, metrics=ev.metrics, retained=retained, delta_ap=ap - ref_ap,
-            latency_ms_p50=float(np.percentile(lat, 50)), latency_ms_p99=float(np.percentile(lat, 99)),
-            max_abs_diff=None if raw is None else float(raw["max_abs"]), raw=raw, det_agreement=agreement,
-            batch_consistent=ev.batch_consistent, passed=passed, is_reference=is_ref, notes=tuple(notes),
-        ))
-    if raw_reference is not None:
-        raw_reference.deactivate()
+    rows = [_row(ev, cmp, is_reference=idx == 0, ref_ap=ref_ap, gate=gate, label=_label(ev.runner, labels))
+            for idx, (ev, cmp) in enumerate(zip(evaluated, comparisons, strict=True))]
+    ref_label = "torch-fp32" if reference.backend == "torch" else f"{reference.backend}-{reference.precision}"
+    report = Report(gate=dict(gate), reference=ref_label, rows=tuple(rows), skipped=tuple(skipped),
+                    images=len(images), report_dir=str(out))
+    return write_report(report, evaluated=evaluated, gt=gt, images=images, ids=ids, sample_images=sample_images,
+                        min_score=agreement_min_score)
+
+
+def _row(ev: _Evaluated, cmp: Comparison, *, is_reference: bool, ref_ap: float, gate: Mapping[str, float],
+         label: str) -> Row:
+    """One report row from the run, compare and gate stages."""
+    r = ev.runner
+    precision = row_precision(r)
+    ap = float(ev.metrics["AP"])
+    retained = 1.0 if is_reference else (ap / ref_ap if ref_ap > 0 else None)
+    passed, gate_notes = gate_row(precision=precision, retained=retained, batch_consistent=ev.batch_consistent,
+                                  is_reference=is_reference, gate=gate)
+    notes = [*ev.notes, *cmp.notes, *gate_notes]
+    if PRECISION_VARIANTS.get(precision, precision) == "int8" and r.backend == "ort" and _target(r) == "tensorrt":
+        notes.append(TRT_INT8_NOTE)
+    nms: str = r.spec.nms
+    if isinstance(r, ExportNmsRunner):
+        notes.append(f"{r.backend} heads + the exported NMS ({nms}, numpy emulation)")
+    elif r.backend == "torch":
+        nms = "torchvision"  # training's evaluation NMS, not the exported graph's
+    lat = np.asarray(ev.latencies_ms)
+    return Row(
+        model=_runner_path(r), label=label, backend=r.backend, precision=precision, nms=nms, metrics=ev.metrics,
+        retained=retained, delta_ap=ap - ref_ap, latency_ms_p50=float(np.percentile(lat, 50)),
+        latency_ms_p99=float(np.percentile(lat, 99)),
+        max_abs_diff=None if cmp.raw is None else float(cmp.raw["max_abs"]), raw=cmp.raw,
+        det_agreement=cmp.det_agreement, batch_consistent=ev.batch_consistent, passed=passed,
+        is_reference=is_reference, notes=tuple(notes),
+    )
+
+
+# ---- report: the only code that draws, plots (matplotlib) or writes the report's files -------------------------
+def write_report(report: Report, *, evaluated: Sequence[_Evaluated], gt: Any, images: Sequence[np.ndarray],
+                 ids: Sequence[int], sample_images: int, min_score: float) -> Report:
+    """Write ``pr_curves.png``, one ``samples_<label>.png`` per row, ``report.json`` and ``report.md``.
+
+    Args:
+        report: the rows (``files`` is filled in here).
+        evaluated: per row, the run stage's detections.
+        gt: the ``pycocotools.coco.COCO`` ground truth (drawn under the detections on the sample sheets).
+        images: the validation images, in ``ids`` order.
+        ids: their image ids.
+        sample_images: images on each sample sheet (the first ones by id).
+        min_score: detections below it are not drawn.
+
+    Returns:
+        ``report`` with ``files`` naming what was written.
+    """
+    out = Path(report.report_dir)
     files = {"report.json": str(out / "report.json"), "report.md": str(out / "report.md")}
-    files["pr_curves.png"] = _plot_pr(rows, out / "pr_curves.png")
-    for row, ev in zip(rows, evaluated, strict=True):
-        sheet = _sample_sheet(ev, images[:sample_images], ids[:sample_images], agreement_min_score)
+    files["pr_curves.png"] = _plot_pr(report.rows, out / "pr_curves.png")
+    for row, ev in zip(report.rows, evaluated, strict=True):
+        sheet = _sample_sheet(ev, gt, images[:sample_images], ids[:sample_images], min_score)
         name = f"samples_{row.label}.png"
         atomic_write_bytes(out / name, sheet)
         files[name] = str(out / name)
-    report = Report(gate=dict(gate), reference=ref_label if reference.backend != "torch" else "torch-fp32",
-                    rows=tuple(rows), skipped=tuple(skipped), images=len(images), report_dir=str(out), files=files)
+    report = replace(report, files=files)
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "report.md", report.to_markdown())
     return report
@@ -594,11 +807,27 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _sample_sheet(ev: _Evaluated, images: Sequence[np.ndarray], ids: Sequence[int], min_score: float) -> bytes:
-    names = ev.runner.spec.class_names
-    drawn = [draw_detections(im, ev.detections[i], names, min_score=min_score) for im, i in zip(images, ids,
-                                                                                              strict=True)]
-    titles = [f"id {i}: {int((ev.detections[i].scores >= min_score).sum())} det" for i in ids]
+def ground_truth_boxes(gt: Any, image_id: int, spec: DetectorSpec) -> tuple[np.ndarray, np.ndarray]:
+    """An image's non-crowd ground truth as ``(boxes (M, 4) xyxy original pixels, classes (M,) class indices)``;
+    categories the spec does not know are left out."""
+    index = {int(c): k for k, c in enumerate(spec.category_ids)}
+    anns = [a for a in gt.imgToAnns.get(image_id, []) if not a.get("iscrowd") and int(a["category_id"]) in index]
+    xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    return boxes, np.asarray([index[int(a["category_id"])] for a in anns], np.int64)
+
+
+def _sample_sheet(ev: _Evaluated, gt: Any, images: Sequence[np.ndarray], ids: Sequence[int],
+                  min_score: float) -> bytes:
+    """Each image with its ground truth (white) and the model's detections over it (class colours)."""
+    spec = ev.runner.spec
+    names = spec.class_names
+    drawn, titles = [], []
+    for image, i in zip(images, ids, strict=True):
+        gt_boxes, gt_classes = ground_truth_boxes(gt, i, spec)
+        with_gt = draw_ground_truth(image, gt_boxes, gt_classes, names)
+        drawn.append(draw_detections(with_gt, ev.detections[i], names, min_score=min_score))
+        titles.append(f"id {i}: {int((ev.detections[i].scores >= min_score).sum())} det, {len(gt_classes)} gt")
     return _png(contact_sheet(drawn, titles=titles, columns=4, tile=256))
 
 

@@ -299,3 +299,78 @@ def test_export_nms_runner_applies_the_plugin_emulation_to_raw_heads(squares):
     for k in out:
         np.testing.assert_array_equal(out[k], expected[k])
     assert (wrapped.backend, wrapped.precision, wrapped.name) == ("torch", "fp32", "raw")
+
+
+def test_int8_mixed_is_its_own_row_gated_like_int8_unless_the_gate_names_it(square_data, squares, tmp_path):
+    # model.int8-mixed.onnx runs as INT8 (its runner says int8) but is a row of its own precision
+    def models():
+        return [squares.OracleRunner(name="model.int8.onnx", precision="int8", drop_class=1),
+                squares.OracleRunner(name="model.int8-mixed.onnx", precision="int8", drop_class=1)]
+
+    report = run(square_data, tmp_path / "a", models(), reference=squares.OracleRunner(name="ref"),
+                 gate={"int8": 0.3})
+    int8, mixed = report.rows[1:]
+    assert (int8.precision, mixed.precision) == ("int8", "int8-mixed")
+    assert 0.3 < mixed.retained < 0.99 and int8.passed and mixed.passed  # int8's 0.3 applies to int8-mixed
+    named = run(square_data, tmp_path / "b", models(), reference=squares.OracleRunner(name="ref"),
+                gate={"int8": 0.3, "int8-mixed": 0.99})
+    assert named.rows[1].passed and not named.rows[2].passed
+    assert any("< gate 99.00% for int8-mixed" in n for n in named.rows[2].notes)
+    data = json.loads((tmp_path / "b" / "report" / "report.json").read_text())
+    assert [r["precision"] for r in data["rows"]] == ["fp32", "int8", "int8-mixed"]
+    assert data["gate"] == {"int8": 0.3, "int8-mixed": 0.99}
+    assert "| model.int8-mixed.onnx | ort | int8-mixed |" in (tmp_path / "b" / "report" / "report.md").read_text()
+    assert parse_gate("int8-mixed=0.98") == {"int8-mixed": 0.98}
+
+
+def test_gate_row_is_a_pure_verdict():
+    from retinaedge.runtime.validate import gate_row, gate_threshold
+
+    gate = {"fp16": 0.999, "int8": 0.99}
+    assert gate_threshold("int8-mixed", gate) == 0.99 and gate_threshold("int8-mixed", {"int8-mixed": 0.5}) == 0.5
+    assert gate_threshold("fp32", gate) == 0.999 and gate_threshold("int8", {"fp16": 0.9}) == 1.0
+    assert gate_row(precision="fp16", retained=0.9995, batch_consistent=True, is_reference=False, gate=gate) == (
+        True, ())
+    assert gate_row(precision="fp16", retained=0.99, batch_consistent=None, is_reference=False, gate=gate) == (
+        False, ("retained 99.00% < gate 99.90% for fp16",))
+    assert gate_row(precision="int8", retained=1.0, batch_consistent=False, is_reference=False, gate=gate) == (
+        False, ())
+    assert gate_row(precision="fp32", retained=None, batch_consistent=True, is_reference=False, gate=gate)[0] is False
+    assert gate_row(precision="fp32", retained=1.0, batch_consistent=False, is_reference=True, gate=gate) == (
+        False, ())
+
+
+def test_sample_sheets_draw_the_ground_truth_under_the_detections(square_data, squares, tmp_path):
+    from PIL import Image
+
+    from retinaedge.runtime.draw import GT_COLOR
+
+    assert GT_COLOR == (255, 255, 255)  # the scene has no near-white pixel; the class colours are saturated
+    blind = squares.OracleRunner(name="blind", precision="fp16", shift=40.0)  # every box off its square
+    run(square_data, tmp_path, [squares.OracleRunner(name="ref"), blind], sample_images=1)
+    with Image.open(tmp_path / "report" / "samples_ort-blind.png") as im:
+        sheet = np.asarray(im.convert("RGB"))
+    near_white = (sheet > 200).all(axis=2)[20:]  # below the white title line
+    ys, xs = np.nonzero(near_white)
+    # image 0 is 80x64 in a 256-px tile (scale 3.2); its red square's ground truth starts at (2, 2) -> ~(6, 6)+pad
+    assert len(ys) > 100 and xs.min() < 20, "no ground-truth outline on the sample sheet"
+
+
+def test_find_and_load_models_skip_engines_that_cannot_run_here(tmp_path, squares):
+    pytest.importorskip("onnxruntime")
+    from retinaedge.runtime.validate import find_models, load_models
+
+    squares.oracle_onnx(tmp_path / "model.fp32.onnx", squares.tiny_spec())
+    (tmp_path / "model.fp16.engine").write_bytes(b"not a plan")
+    (tmp_path / "notes.txt").write_text("not a model")
+    found = find_models([tmp_path])
+    assert found == [str(tmp_path / "model.fp16.engine"), str(tmp_path / "model.fp32.onnx")]
+    seen = []
+    models = load_models(found, threads=1, on_skip=lambda path, reason: seen.append(path))
+    assert [r.precision for r in models.runners] == ["fp32"] and models.raw_runners[0] is not None
+    assert [s["model"] for s in models.skipped] == seen == [str(tmp_path / "model.fp16.engine")]
+    with pytest.raises(InputError, match="does not exist"):
+        find_models([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no \.onnx or \.engine files"):
+        find_models([tmp_path / "empty"])
