@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from retinaedge.runtime.images import run_images
     from retinaedge.runtime.models import load_runner
     from retinaedge.runtime.runner import Detector
-    from retinaedge.runtime.video import is_image_source, run_images, run_video
+    from retinaedge.runtime.sources import is_image_source
+    from retinaedge.runtime.video import run_video
 
     console = Console(stderr=True)
     kwargs = {"threads": args.threads} if args.threads and str(args.model).endswith(".onnx") else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,8 @@ class Detections:
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
 
-    def to_json(self, class_names: tuple[str, ...] | None = None,
-                category_ids: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    def to_json(self, class_names: Sequence[str] | None = None,
+                category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """One dict per detection: ``bbox`` (xyxy), ``score``, ``class``; names and category ids if given."""
         out = []
         for b, s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.classes.tolist(), strict=True):

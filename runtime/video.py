@@ -1,4 +1,5 @@
-"""Streaming inference over video files, live streams (URL, ``/dev/videoN``) and image folders.
+"""Streaming inference over video files, live streams (URL, ``/dev/videoN``) and capture devices: the threaded
+pipeline.
 
 Video runs as a three-thread pipeline built on PyAV::
 
@@ -15,22 +16,22 @@ Video runs as a three-thread pipeline built on PyAV::
 * A live source that stalls is stopped by PyAV's read timeout (``timeout=(open, read)``) and, should a
   blocking call ignore it, by a watchdog in the calling thread.
 
-Outputs in ``out_dir``: ``annotated.mp4``, ``detections.jsonl`` (one line per frame: ``{"frame": index,
-"pts": seconds or null, "detections": [{"bbox": [x1, y1, x2, y2], "score", "class", "name", "category_id"}]}``,
-boxes in frame pixels; ``class`` is the contiguous class index, ``category_id`` the dataset's own, possibly sparse,
-id) and ``stats.json``. `run_images` writes the same detections, one line per image.
+This module is the pipeline only (threads, queues, turn-taking, stats). What the input is and how it is opened
+lives in `retinaedge.runtime.sources`; the files written (names, the per-frame JSONL line, the MP4 writer) in
+`retinaedge.runtime.outputs`; image folders, which need none of the threads, in `retinaedge.runtime.images`.
+
+Outputs in ``out_dir``: ``annotated.mp4``, ``detections.jsonl`` (one line per frame, `outputs.frame_record`)
+and ``stats.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -40,66 +41,14 @@ from typing import Any, Literal
 import numpy as np
 
 from retinaedge.runtime._lazy import require
-from retinaedge.runtime.detections import Detections
-from retinaedge.runtime.draw import draw_detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
-from retinaedge.runtime.preprocess import image_files, is_image_file, load_image, preprocess_batch
+from retinaedge.runtime.outputs import STATS_NAME, FrameWriter
+from retinaedge.runtime.preprocess import preprocess_batch
 from retinaedge.runtime.runner import Detector
+from retinaedge.runtime.sources import Source, classify_source, open_source
 
-SourceKind = Literal["file", "live", "device"]
 Status = Literal["ok", "error", "stalled", "interrupted"]
-
-LIVE_SCHEMES = ("tcp", "udp", "rtp", "rtsp", "rtsps", "rtmp", "rtmps", "srt", "http", "https", "hls")
-"""URL schemes read as live sources (bounded latency, drop policy, stall timeout)."""
-
-VIDEO_NAME = "annotated.mp4"
-JSONL_NAME = "detections.jsonl"
-STATS_NAME = "stats.json"
-
-# Small probe for live streams: the default (5 MB / 5 s) would wait for seconds of video before the first frame,
-# and a stream that stalls early would stall inside the open.
-_LIVE_OPTIONS = {"probesize": "32768", "analyzeduration": "500000"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A classified input: ``kind`` decides drop policy, timeouts and the PyAV format.
-
-    Attributes:
-        kind: ``file`` (never drops), ``live`` (URL) or ``device`` (``/dev/videoN`` via v4l2).
-        url: what PyAV opens.
-        format: forced PyAV input format, or None to probe.
-    """
-
-    kind: SourceKind
-    url: str
-    format: str | None = None
-
-    @property
-    def live(self) -> bool:
-        return self.kind != "file"
-
-
-def classify_source(source: str, *, format: str | None = None) -> Source:
-    """Tell a video file from a live URL or a capture device.
-
-    Raises:
-        InputError: for an unknown URL scheme or a file that does not exist.
-    """
-    if source.startswith("/dev/video"):
-        return Source("device", source, format or "v4l2")
-    if "://" in source:
-        scheme = source.split("://", 1)[0].lower()
-        if scheme == "file":
-            return classify_source(source[len("file://"):], format=format)
-        if scheme not in LIVE_SCHEMES:
-            raise InputError(f"source scheme {scheme!r} is not supported; use a file or one of {list(LIVE_SCHEMES)}")
-        return Source("live", source, format)
-    p = Path(source)
-    if not p.is_file():
-        raise InputError(f"video source {source!r} does not exist; pass a video file, URL, /dev/videoN or image folder")
-    return Source("file", str(p), format)
 
 
 @dataclass(frozen=True)
@@ -178,8 +127,9 @@ class _Frame:
 _END = object()  # end-of-stream marker passed down both queues
 
 
-class _Turns:
-    """Inference runs alone; decoding and writing (light, single-threaded) may run beside each other.
+class _SharedCoreTurns:
+    """Turns on the host's cores: inference runs alone; decoding and writing (light, single-threaded) may run
+    beside each other.
 
     A readers-writer lock with the model as the writer: `model` waits until no light stage is inside and
     keeps them out while it runs; `light` waits while the model runs (or is waiting, so it is not starved).
@@ -218,7 +168,7 @@ class _Turns:
                 self._cond.notify_all()
 
 
-class _Free:
+class _NoTurns:
     """No turns: every stage runs whenever it can (the model is not on the host's cores)."""
 
     def model(self) -> AbstractContextManager[None]:
@@ -244,7 +194,7 @@ class _State:
         ("decode", "preprocess", "infer", "postprocess", "write"), 0.0))
     latencies: list[float] = field(default_factory=list)
     # held around each stage's CPU work when the model shares the host's cores (see run_video's share_cores)
-    turns: _Turns | _Free = field(default_factory=_Free)
+    turns: _SharedCoreTurns | _NoTurns = field(default_factory=_NoTurns)
     first_written: float | None = None  # perf_counter of the first and the last frame written
     last_written: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -277,40 +227,6 @@ def _put_end(q: queue.Queue[Any], stop: threading.Event) -> None:
         except queue.Full:
             with contextlib.suppress(queue.Empty):
                 q.get_nowait()
-
-
-def open_source(source: Source, *, open_timeout: float, stall_timeout: float) -> Any:
-    """Open a source with PyAV; live sources get timeouts and retry a refused connection until ``open_timeout``.
-
-    Returns:
-        An ``av.container.InputContainer`` with at least one video stream.
-
-    Raises:
-        InputError: naming the source when it cannot be opened or has no video stream.
-    """
-    av = require("av", purpose="video inference")
-    deadline = time.monotonic() + open_timeout
-    while True:
-        try:
-            if source.live:
-                options = dict(_LIVE_OPTIONS) if source.kind == "live" else {}
-                container = av.open(source.url, format=source.format, options=options,
-                                    timeout=(open_timeout, stall_timeout))
-            else:
-                container = av.open(source.url, format=source.format)
-            break
-        except ConnectionRefusedError as e:  # a live sender that is not listening yet
-            if time.monotonic() >= deadline:
-                raise InputError(f"cannot connect to {source.url!r} within {open_timeout:g} s ({e}); "
-                                 "is the sender running?") from None
-            time.sleep(0.1)
-        except (av.FFmpegError, OSError) as e:
-            raise InputError(f"cannot open video source {source.url!r} ({type(e).__name__}: {e}); check the file "
-                             "is a complete video or the URL is reachable") from None
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"video source {source.url!r} has no video stream")
-    return container
 
 
 def _decode_loop(container: Any, source: Source, state: _State, out_q: queue.Queue[Any],
@@ -422,74 +338,7 @@ def _infer_loop(detector: Detector, batch: int, live: bool, state: _State, in_q:
             _put_end(out_q, stop)
 
 
-class _Writer:
-    """Annotated MP4 (written to ``.part`` and renamed when closed) and the JSONL, in the writer thread."""
-
-    def __init__(self, out_dir: Path, class_names: Sequence[str], fps: Fraction, write_video: bool,
-                 codec: str, min_score: float, shared_cores: bool = False,
-                 category_ids: Sequence[int] | None = None) -> None:
-        self.class_names = tuple(class_names)
-        self.category_ids = tuple(category_ids) if category_ids is not None else None
-        self.shared_cores = shared_cores
-        self.fps = fps
-        self.write_video = write_video
-        self.codec = codec
-        self.min_score = min_score
-        self.video_path = out_dir / VIDEO_NAME
-        self.part_path = out_dir / f".{VIDEO_NAME}.part"
-        self.jsonl_path = out_dir / JSONL_NAME
-        # line-buffered: each frame is on disk as soon as it is written (tail -f, first-detection timing)
-        self.jsonl = open(self.jsonl_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
-        self.container: Any = None
-        self.stream: Any = None
-        self.size: tuple[int, int] = (0, 0)
-
-    def _open_video(self, height: int, width: int) -> None:
-        av = require("av", purpose="video inference")
-        # yuv420p needs even sides: drop a last odd row/column rather than rescale
-        self.size = (height - height % 2, width - width % 2)
-        self.container = av.open(str(self.part_path), "w", format="mp4")
-        try:
-            stream = self.container.add_stream(self.codec, rate=self.fps)
-        except (av.FFmpegError, ValueError):
-            stream = self.container.add_stream("mpeg4", rate=self.fps)  # an FFmpeg build without libx264
-        stream.height, stream.width = self.size
-        stream.pix_fmt = "yuv420p"
-        if stream.codec_context.name == "libx264":
-            stream.options = {"preset": "ultrafast", "crf": "23"}
-            if self.shared_cores:
-                stream.options = {**stream.options, "threads": "1"}  # x264's threads would run outside the turns
-        self.stream = stream
-
-    def write(self, frame: _Frame, dets: Detections) -> None:
-        av = require("av", purpose="video inference")
-        if self.write_video:
-            if self.container is None:
-                self._open_video(*frame.image.shape[:2])
-            h, w = self.size
-            annotated = draw_detections(frame.image[:h, :w], dets, self.class_names, min_score=self.min_score)
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(annotated), format="rgb24")
-            for packet in self.stream.encode(video_frame):
-                self.container.mux(packet)
-        line = {"frame": frame.index, "pts": None if frame.pts is None else round(float(frame.pts), 6),
-                "detections": dets.to_json(self.class_names, self.category_ids)}
-        self.jsonl.write(json.dumps(line) + "\n")
-
-    def close(self) -> str | None:
-        """Flush the encoder, close both files; returns the video path if one was written."""
-        self.jsonl.close()
-        if self.container is None:
-            return None
-        try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        finally:
-            self.container.close()
-        os.replace(self.part_path, self.video_path)
-        return str(self.video_path)
-
-
-def _write_loop(writer: _Writer, state: _State, in_q: queue.Queue[Any], stop: threading.Event,
+def _write_loop(writer: FrameWriter, state: _State, in_q: queue.Queue[Any], stop: threading.Event,
                 progress: Callable[[int], None] | None) -> None:
     failed = False
     while True:
@@ -502,7 +351,7 @@ def _write_loop(writer: _Writer, state: _State, in_q: queue.Queue[Any], stop: th
         try:
             with state.turns.light():
                 t0 = time.perf_counter()  # the stage's own time, not the wait for its turn
-                writer.write(frame, dets)
+                writer.write(frame.index, frame.pts, frame.image, dets)
         except Exception as e:  # re-raised in the caller once the outputs are closed
             state.failure, failed = e, True
             stop.set()
@@ -581,12 +430,13 @@ def run_video(
     shared = detector.runner.on_host_cpu if share_cores is None else share_cores
     if shared:
         detector.runner.share_cores()
-    state = _State(turns=_Turns() if shared else _Free())
+    state = _State(turns=_SharedCoreTurns() if shared else _NoTurns())
     stop = threading.Event()
     decode_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     write_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    writer = _Writer(out, detector.spec.class_names, Fraction(rate).limit_denominator(1001 * 1000), write_video,
-                     codec, min_score, shared, category_ids=detector.spec.category_ids)
+    writer = FrameWriter(out_dir=out, class_names=detector.spec.class_names,
+                         fps=Fraction(rate).limit_denominator(1001 * 1000), write_video=write_video, codec=codec,
+                         min_score=min_score, shared_cores=shared, category_ids=detector.spec.category_ids)
     threads = {
         "decode": threading.Thread(target=_decode_loop, name="retinaedge-decode", daemon=True,
                                    args=(container, src, state, decode_q, stop, max_frames, stall_timeout, shared)),
@@ -666,178 +516,3 @@ def _make_stats(source: str, src: Source, state: _State, batch: int, wall: float
     )
 
 
-# ---- image folders --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageStats:
-    """What an image-folder run did.
-
-    Attributes:
-        images: images processed.
-        wall_s: total seconds (loading, inference, drawing, writing).
-        fps: images per second over ``wall_s``.
-        latency_ms_p50: median per-image time of preprocess + model + post-process (batch time / batch size).
-        latency_ms_p99: 99th percentile of the same.
-        jsonl_path: one line per image: ``{"file", "width", "height", "detections"}``, plus ``"annotated"`` (the
-            annotated copy, relative to the output folder) when those are written.
-        annotated_dir: annotated JPEGs (names: `annotated_names`), or None when not written.
-    """
-
-    images: int
-    wall_s: float
-    fps: float
-    latency_ms_p50: float
-    latency_ms_p99: float
-    jsonl_path: str
-    annotated_dir: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        return (f"{self.images} images in {self.wall_s:.2f} s ({self.fps:.1f} img/s), latency p50 "
-                f"{self.latency_ms_p50:.1f} ms p99 {self.latency_ms_p99:.1f} ms")
-
-
-def annotated_names(files: Sequence[Path]) -> list[str]:
-    """File names of the annotated JPEG copies of ``files`` (one folder's images), unique and stable.
-
-    ``a.png`` -> ``a.jpg`` when no other file shares its stem; ``a.png`` -> ``a.png.jpg`` (the source name kept)
-    when another does (``a.jpg`` next to ``a.png``) or when another file is named like its stem (``a.png.jpg``
-    next to ``a.png``), so no copy overwrites another. Stems and names compare case-folded: the outputs stay
-    distinct on case-insensitive file systems too.
-
-    Args:
-        files: image files with distinct names (`retinaedge.runtime.preprocess.list_images`).
-
-    Returns:
-        One name per file, in the same order.
-    """
-    stems = Counter(p.stem.casefold() for p in files)
-    taken = {p.name.casefold() for p in files}
-    return [f"{p.stem}.jpg" if stems[p.stem.casefold()] == 1 and p.stem.casefold() not in taken else f"{p.name}.jpg"
-            for p in files]
-
-
-def is_image_source(source: str | Path) -> bool:
-    """Whether ``infer --source`` names images (a folder, or one image file by suffix) rather than a video."""
-    return Path(source).is_dir() or is_image_file(source)
-
-
-def run_images(
-    *,
-    detector: Detector,
-    source_dir: str | Path,
-    out_dir: str | Path,
-    batch: int = 1,
-    write_images: bool = True,
-    min_score: float = 0.3,
-    progress: Callable[[int], None] | None = None,
-) -> ImageStats:
-    """Run a detector over every image of a folder.
-
-    Images are read as viewers display them: the file's EXIF orientation is applied (as OpenCV's ``imread``
-    and Ultralytics do), so the model sees the turned photo and boxes, ``width``/``height`` and the annotated
-    copies are all in the displayed frame. (Datasets keep COCO's stored-pixel convention: see
-    `retinaedge.runtime.preprocess.load_image`.)
-
-    Args:
-        detector: runner + spec (activated here, deactivated at the end).
-        source_dir: folder of images, or one image file (`retinaedge.runtime.preprocess.image_files`).
-        out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` (named by `annotated_names`) go.
-        batch: images per inference call.
-        write_images: also write annotated copies.
-        min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
-        progress: called with the number of images done so far.
-
-    Returns:
-        `ImageStats`, also written to ``out_dir/stats.json``.
-    """
-    from PIL import Image
-
-    if batch <= 0:
-        raise InputError(f"batch={batch} must be a positive integer")
-    files = image_files(source_dir)
-    out_names = annotated_names(files)
-    out = ensure_writable_dir(out_dir)
-    ann_dir = out / "annotated"
-    if write_images:
-        ann_dir.mkdir(exist_ok=True)
-    start = time.perf_counter()
-    latencies: list[float] = []
-    jsonl_path = out / JSONL_NAME
-    names = detector.spec.class_names
-    detector.runner.activate()
-    try:
-        with open(jsonl_path, "w", encoding="utf-8") as f:
-            for i in range(0, len(files), batch):
-                chunk, chunk_names = files[i:i + batch], out_names[i:i + batch]
-                images = [load_image(p, exif_transpose=True) for p in chunk]
-                t0 = time.perf_counter()
-                dets = detector(images)
-                dt = (time.perf_counter() - t0) / len(chunk)
-                latencies.extend([dt] * len(chunk))
-                for path, out_name, image, d in zip(chunk, chunk_names, images, dets, strict=True):
-                    line: dict[str, Any] = {"file": path.name, "width": int(image.shape[1]),
-                                            "height": int(image.shape[0]),
-                                            "detections": d.to_json(names, detector.spec.category_ids)}
-                    if write_images:
-                        line["annotated"] = f"{ann_dir.name}/{out_name}"
-                        drawn = draw_detections(image, d, names, min_score=min_score)
-                        Image.fromarray(drawn).save(ann_dir / out_name, quality=90)
-                    f.write(json.dumps(line) + "\n")
-                if progress is not None:
-                    progress(min(i + batch, len(files)))
-    finally:
-        detector.runner.deactivate()
-    wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000.0
-    stats = ImageStats(
-        images=len(files), wall_s=wall, fps=len(files) / wall if wall > 0 else 0.0,
-        latency_ms_p50=float(np.percentile(lat, 50)), latency_ms_p99=float(np.percentile(lat, 99)),
-        jsonl_path=str(jsonl_path), annotated_dir=str(ann_dir) if write_images else None,
-    )
-    atomic_write_text(out / STATS_NAME, json.dumps(stats.to_dict(), indent=2) + "\n")
-    return stats
-
-
-# ---- scoring a run against per-frame ground truth ---------------------------------------------------------------
-def read_jsonl_detections(jsonl_path: str | Path) -> dict[int, Detections]:
-    """Read ``detections.jsonl`` of `run_video` back: frame index -> `Detections` (frame pixels)."""
-    out: dict[int, Detections] = {}
-    with open(jsonl_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                dets = rec["detections"]
-                out[int(rec["frame"])] = Detections(
-                    np.asarray([d["bbox"] for d in dets], np.float32).reshape(-1, 4),
-                    np.asarray([d["score"] for d in dets], np.float32),
-                    np.asarray([d["class"] for d in dets], np.int64),
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise InputError(f"{str(jsonl_path)!r} line {n} is not a detections record ({e})") from None
-    return out
-
-
-def evaluate_video(jsonl_path: str | Path, ann_file: str | Path, *, category_ids: Sequence[int],
-                   class_names: Sequence[str]) -> dict[str, Any]:
-    """COCO-evaluate a video run against per-frame ground truth (AP50 over the clip, etc.).
-
-    The ground truth is COCO JSON with one image per frame; each image's ``frame_index`` (or, failing that,
-    its position in id order) ties it to a JSONL frame. Frames the run did not write are not scored.
-
-    Returns:
-        `retinaedge.runtime.cocoeval.coco_evaluate`'s dict.
-    """
-    from retinaedge.runtime.cocoeval import coco_evaluate
-
-    gt = json.loads(Path(ann_file).read_text())
-    images = sorted(gt.get("images", []), key=lambda im: im["id"])
-    frame_to_id = {int(im.get("frame_index", pos)): int(im["id"]) for pos, im in enumerate(images)}
-    dets = read_jsonl_detections(jsonl_path)
-    unknown = sorted(set(dets) - set(frame_to_id))
-    if unknown:
-        raise InputError(f"frames {unknown[:5]} of {str(jsonl_path)!r} have no ground-truth image in {str(ann_file)!r}")
-    return coco_evaluate(ann_file, {frame_to_id[k]: v for k, v in dets.items()}, category_ids, class_names)

@@ -13,17 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.runner import Detector
-from retinaedge.runtime.video import (
-    annotated_names,
-    classify_source,
-    evaluate_video,
-    read_jsonl_detections,
-    run_images,
-    run_video,
-)
+from retinaedge.runtime.video import run_video
+from tests.support.video_eval import evaluate_video, read_jsonl_detections
 
 av = pytest.importorskip("av")
 
@@ -119,7 +112,8 @@ def test_file_end_to_end_frame_count_schema_and_ap50(clip, squares, tmp_path):
 
 
 def test_steady_fps_counts_intervals_between_the_first_and_last_written_frame():
-    from retinaedge.runtime.video import Source, _make_stats, _State
+    from retinaedge.runtime.sources import Source
+    from retinaedge.runtime.video import _make_stats, _State
 
     state = _State(frames_read=5, frames_inferred=5, frames_written=5, first_written=10.0, last_written=12.0)
     src = Source(kind="file", url="x.mp4")
@@ -297,51 +291,6 @@ def test_model_errors_propagate_after_outputs_are_closed(clip, squares, tmp_path
         run_video(detector=Detector(runner=Broken()), source=str(clip["video"]), out_dir=tmp_path)
     assert decoded_frames(tmp_path / "annotated.mp4") == 3
     assert len(jsonl(tmp_path / "detections.jsonl")) == 3
-
-
-def test_classify_source(tmp_path):
-    f = tmp_path / "a.mp4"
-    f.write_bytes(b"")
-    assert classify_source(str(f)).kind == "file"
-    assert classify_source(f"file://{f}").kind == "file"
-    assert classify_source("rtsp://cam/1").live
-    assert classify_source("/dev/video0").format == "v4l2"
-    with pytest.raises(InputError, match="scheme 'ftp' is not supported"):
-        classify_source("ftp://x/y")
-
-
-def test_image_folder_jsonl_and_annotated_images(square_data, squares, tmp_path):
-    from retinaedge.runtime.cocoeval import coco_evaluate
-
-    runner = squares.OracleRunner()
-    stats = run_images(detector=Detector(runner=runner), source_dir=square_data / "val", out_dir=tmp_path, batch=3)
-    records = jsonl(stats.jsonl_path)
-    gt = json.loads((square_data / "annotations" / "instances_val.json").read_text())
-    assert stats.images == len(records) == len(gt["images"])
-    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == [
-        Path(im["file_name"]).stem + ".jpg" for im in gt["images"]]
-    by_file = {r["file"]: r for r in records}
-    dets = {}
-    for im in gt["images"]:
-        rec = by_file[im["file_name"]]
-        assert (rec["width"], rec["height"]) == (im["width"], im["height"])
-        dets[im["id"]] = Detections(np.asarray([d["bbox"] for d in rec["detections"]], np.float32).reshape(-1, 4),
-                                    np.asarray([d["score"] for d in rec["detections"]], np.float32),
-                                    np.asarray([d["class"] for d in rec["detections"]], np.int64))
-    metrics = coco_evaluate(square_data / "annotations" / "instances_val.json", dets, (3, 7), squares.CLASS_NAMES)
-    assert metrics["AP50"] == pytest.approx(1.0)
-    assert not runner.is_active
-
-
-def test_annotated_names_keep_the_stem_unless_it_is_shared():
-    names = ["a.jpg", "a.png", "b.png", "c.png", "c.png.jpg", "D.jpg", "d.webp", "e.JPG"]
-    assert annotated_names([Path("dir", n) for n in names]) == [
-        "a.jpg.jpg", "a.png.jpg",  # a.png overwrote a.jpg's copy: both were a.jpg
-        "b.jpg",  # no collision: the name it always had
-        "c.jpg", "c.png.jpg.jpg",  # c.png.jpg's stem is a file's name (c.png), whose copy may be c.png.jpg
-        "D.jpg.jpg", "d.webp.jpg",  # D.jpg and d.jpg are one file on case-insensitive file systems
-        "e.jpg",
-    ]
 
 
 @pytest.mark.slow
