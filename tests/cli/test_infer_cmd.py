@@ -7,9 +7,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from runtime_helpers import H
 
 from retinaedge.cli import main
+from tests.support import scenes
 
 av = pytest.importorskip("av")
 pytest.importorskip("onnxruntime")
@@ -20,18 +20,18 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def oracle_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("oracle")
-    return H.oracle_onnx(d / "model.fp32.onnx", H.tiny_spec())
+    return scenes.oracle_onnx(d / "model.fp32.onnx", scenes.tiny_spec())
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return H.write_square_data(tmp_path_factory.mktemp("squares"))
+    return scenes.write_square_data(tmp_path_factory.mktemp("squares"))
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    H.write_clip(path, 20)
+    scenes.write_clip(path, 20)
     return path
 
 
@@ -62,7 +62,7 @@ def test_video(oracle_model, clip, tmp_path):
 
 def test_corrupt_video_exits_1_with_a_one_line_warning(oracle_model, tmp_path, capsys, rng):
     src = tmp_path / "clip.mp4"
-    H.write_clip(src, 40)
+    scenes.write_clip(src, 40)
     with av.open(str(src)) as c:
         pos = [p.pos for p in c.demux(video=0) if p.size][20]
     data = bytearray(src.read_bytes())
@@ -98,7 +98,7 @@ NO_TORCH = textwrap.dedent("""
 def test_infer_never_imports_torch(block, tmp_path_factory, clip, data, tmp_path):
     """With the real exported graph (EfficientNMS emulated on CPU): torch is never imported, and infer works
     where torch cannot be imported at all."""
-    pipeline = H.build_pipeline(tmp_path_factory.getbasetemp())
+    pipeline = scenes.build_pipeline(tmp_path_factory.getbasetemp())
     code = NO_TORCH.format(block=block, model=str(pipeline["fp32"]), video=str(clip), images=str(data / "val"),
                            out=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -114,8 +114,8 @@ def test_image_folder_is_read_as_displayed_by_exif_orientation(oracle_model, tmp
     # (63 - y, x): x 44..60, y 60..76. infer read the stored pixels and reported [60, 4, 76, 20] in a 96 x 64 frame.
     from PIL import Image
 
-    stored = np.full((64, 96, 3), H.BACKGROUND, np.uint8)
-    stored[4:20, 60:76] = H.COLORS[0]
+    stored = np.full((64, 96, 3), scenes.BACKGROUND, np.uint8)
+    stored[4:20, 60:76] = scenes.COLORS[0]
     src = tmp_path / "photos"
     src.mkdir()
     img = Image.fromarray(stored)
@@ -140,8 +140,8 @@ def test_image_folder_with_shared_stems_writes_one_annotated_copy_each(oracle_mo
     src = tmp_path / "photos"
     src.mkdir()
     for name, cls, (w, h) in (("a.jpg", 0, (96, 64)), ("a.png", 1, (64, 80)), ("b.png", 0, (80, 80))):
-        img = np.full((h, w, 3), H.BACKGROUND, np.uint8)
-        img[8:24, 8:24] = H.COLORS[cls]
+        img = np.full((h, w, 3), scenes.BACKGROUND, np.uint8)
+        img[8:24, 8:24] = scenes.COLORS[cls]
         Image.fromarray(img).save(src / name, quality=100)
     out = tmp_path / "out"
     assert main(["infer", "--model", str(oracle_model), "--source", str(src), "--out", str(out), "--quiet"]) == 0
@@ -159,8 +159,8 @@ def test_one_image_file_is_run_as_an_image(oracle_model, tmp_path):
     # a single .jpg went down the video path: stored orientation and a one-frame annotated.mp4
     from PIL import Image
 
-    img = np.full((64, 96, 3), H.BACKGROUND, np.uint8)
-    img[4:20, 60:76] = H.COLORS[0]
+    img = np.full((64, 96, 3), scenes.BACKGROUND, np.uint8)
+    img[4:20, 60:76] = scenes.COLORS[0]
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(img).save(tmp_path / "Phone.JPG", exif=exif, quality=100)

@@ -1,4 +1,4 @@
-"""The CLI end to end on a COCO-format set written the way real exports are (tests/cli/real_coco_fixture.py):
+"""The CLI end to end on a COCO-format set written the way real exports are (tests/support/real_coco.py):
 sparse unsorted category ids, COCO-like image ids, grayscale/RGBA/palette/CMYK files, sub-folders, uppercase
 suffixes, crowd RLE, missing area/iscrowd, extra keys, with and without info/licenses, and COCO's own
 ``*2017`` names. train -> eval -> export -> validate -> infer, as a user runs them; ~20 s on 2 cores.
@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from real_coco_fixture import COLOURS, stored_name, write_real_coco
-from runtime_helpers import H
 
 from retinaedge.cli import main
 from retinaedge.runtime.preprocess import letterbox_params, load_image
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+from tests.support import scenes
+from tests.support.real_coco import COLOURS, stored_name, write_real_coco
 
 pytest.importorskip("pycocotools")
 pytest.importorskip("onnxruntime")
@@ -51,8 +51,8 @@ def run(real: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The colour oracle as ONNX: red -> toothbrush (id 90), green -> person (id 1), so boxes are known."""
-    spec = H.tiny_spec(class_names=("toothbrush", "person"), category_ids=(90, 1))
-    return H.oracle_onnx(tmp_path_factory.mktemp("oracle") / "model.fp32.onnx", spec)
+    spec = scenes.tiny_spec(class_names=("toothbrush", "person"), category_ids=(90, 1))
+    return scenes.oracle_onnx(tmp_path_factory.mktemp("oracle") / "model.fp32.onnx", spec)
 
 
 def _rows(real: dict) -> list[tuple]:

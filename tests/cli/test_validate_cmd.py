@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runtime_helpers import H
 
 from retinaedge.cli import main
+from tests.support import scenes
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
@@ -20,14 +20,14 @@ ROW_KEYS = ["model", "backend", "precision", "nms", "AP", "AP50", "AP75", "retai
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return H.write_square_data(tmp_path_factory.mktemp("squares"))
+    return scenes.write_square_data(tmp_path_factory.mktemp("squares"))
 
 
 def models(d: Path, **variants: float) -> Path:
     """Oracle ONNX files ``model.<precision>.onnx``; the value is the box shift in network pixels."""
     d.mkdir(parents=True, exist_ok=True)
     for precision, shift in variants.items():
-        H.oracle_onnx(d / f"model.{precision}.onnx", H.tiny_spec(), precision=precision, shift=shift)
+        scenes.oracle_onnx(d / f"model.{precision}.onnx", scenes.tiny_spec(), precision=precision, shift=shift)
     return d
 
 
@@ -89,7 +89,7 @@ def test_usage_errors_are_one_line(data, tmp_path, capsys):
 def test_torch_reference_from_a_checkpoint(tmp_path_factory, tmp_path, capsys):
     """The real pipeline: --checkpoint adds the torch FP32 reference; ONNX rows get Polygraphy raw errors."""
     pytest.importorskip("torch")
-    pipeline = H.build_pipeline(tmp_path_factory.getbasetemp())
+    pipeline = scenes.build_pipeline(tmp_path_factory.getbasetemp())
     d = tmp_path / "m"
     d.mkdir()
     for key in ("fp32", "fp16"):
