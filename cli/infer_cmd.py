@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (cameras, streams)")
     p.add_argument("--format", default=None, help="force the input container format (e.g. mpegts, v4l2)")
     p.add_argument("--no-draw", action="store_true", help="write detections.jsonl only, no annotated output")
-    p.add_argument("--min-score", type=float, default=0.3,
+    p.add_argument("--min-score", type=float, default=0.3,  # runtime.outputs.DRAW_MIN_SCORE (tested)
                    help="draw detections at or above this score (all go to the JSONL; default 0.3)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (.onnx only)")
     p.add_argument("--quiet", action="store_true", help="no progress display")

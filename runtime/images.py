@@ -20,7 +20,7 @@ import numpy as np
 from retinaedge.runtime.draw import draw_detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
-from retinaedge.runtime.outputs import JSONL_NAME, STATS_NAME, image_record
+from retinaedge.runtime.outputs import DRAW_MIN_SCORE, JSONL_NAME, STATS_NAME, image_record
 from retinaedge.runtime.preprocess import image_files, load_image
 from retinaedge.runtime.runner import Detector
 
@@ -83,7 +83,7 @@ def run_images(
     out_dir: str | Path,
     batch: int = 1,
     write_images: bool = True,
-    min_score: float = 0.3,
+    min_score: float = DRAW_MIN_SCORE,
     progress: Callable[[int], None] | None = None,
 ) -> ImageStats:
     """Run a detector over every image of a folder.
@@ -99,7 +99,7 @@ def run_images(
         out_dir: where ``detections.jsonl`` and ``annotated/*.jpg`` (named by `annotated_names`) go.
         batch: images per inference call.
         write_images: also write annotated copies.
-        min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
+        min_score: detections below it are not drawn (all are written to the JSONL).
         progress: called with the number of images done so far.
 
     Returns:

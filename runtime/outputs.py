@@ -29,6 +29,10 @@ VIDEO_NAME = "annotated.mp4"
 JSONL_NAME = "detections.jsonl"
 STATS_NAME = "stats.json"
 
+DRAW_MIN_SCORE = 0.3
+"""Detections at or above this score are drawn on annotated outputs (all are written to the JSONL); the default of
+`run_video`, `run_images` and ``retinaedge infer --min-score`` (tests/cli/test_infer_cmd.py holds the CLI to it)."""
+
 
 def frame_record(index: int, pts: float | None, dets: Detections, class_names: Sequence[str],
                  category_ids: Sequence[int] | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ import numpy as np
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
-from retinaedge.runtime.outputs import STATS_NAME, FrameWriter
+from retinaedge.runtime.outputs import DRAW_MIN_SCORE, STATS_NAME, FrameWriter
 from retinaedge.runtime.preprocess import preprocess_batch
 from retinaedge.runtime.runner import Detector
 from retinaedge.runtime.sources import Source, classify_source, open_source
@@ -380,7 +380,7 @@ def run_video(
     max_frames: int | None = None,
     format: str | None = None,
     codec: str = "libx264",
-    min_score: float = 0.3,
+    min_score: float = DRAW_MIN_SCORE,
     progress: Callable[[int], None] | None = None,
     share_cores: bool | None = None,
 ) -> VideoStats:
@@ -407,7 +407,7 @@ def run_video(
         max_frames: stop after this many frames (e.g. for a camera).
         format: force the PyAV input format (e.g. ``mpegts``); probed when None.
         codec: output video codec; falls back to ``mpeg4`` when unavailable.
-        min_score: detections below it are not drawn (all are written to the JSONL); 0.3 as in `retinaedge infer`.
+        min_score: detections below it are not drawn (all are written to the JSONL).
         progress: called in the writer thread with the number of frames written so far.
         share_cores: take turns as described above; None decides from ``detector.runner.on_host_cpu``.
 

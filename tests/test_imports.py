@@ -57,7 +57,7 @@ def test_cli_help_imports_no_heavy_library():
 
 
 def test_tensorrt_stubs_did_not_leak_into_the_environment():
-    """tensorrt-stubs inside the venv make `import tensorrt` succeed with no TensorRT (TENSORRT.md)."""
+    """tensorrt-stubs inside the venv make `import tensorrt` succeed with no TensorRT (docs/TENSORRT.md)."""
     code = "import tensorrt, sys; sys.exit(0 if hasattr(tensorrt, 'Logger') else 3)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 3, "an importable 'tensorrt' without Logger: tensorrt-stubs leaked into the venv"

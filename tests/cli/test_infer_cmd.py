@@ -172,3 +172,12 @@ def test_one_image_file_is_run_as_an_image(oracle_model, tmp_path):
     assert line["file"] == "Phone.JPG" and (line["width"], line["height"]) == (64, 96)  # as displayed
     np.testing.assert_allclose(line["detections"][0]["bbox"], [44, 60, 60, 76], atol=2.5)
     assert (out / line["annotated"]).is_file()
+
+
+def test_min_score_default_is_the_runtime_one():
+    # the CLI cannot import runtime.outputs at parse time (it would load numpy and PIL for every command)
+    from retinaedge.cli import build_parser
+    from retinaedge.runtime.outputs import DRAW_MIN_SCORE
+
+    args = build_parser().parse_args(["infer", "--model", "m.onnx", "--source", "s", "--out", "o"])
+    assert args.min_score == DRAW_MIN_SCORE

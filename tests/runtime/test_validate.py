@@ -228,7 +228,7 @@ def test_real_pipeline_torch_reference_vs_exported_onnx(pipeline, tmp_path, refe
     raw heads compared through Polygraphy; ground truth = the torch model's confident detections.
 
     With the exported NMS on the torch heads the FP32 graph must agree exactly; with torch's own NMS (boxes clipped
-    before NMS, TENSORRT.md) a few border boxes survive on one side only, so agreement and AP differ a little.
+    before NMS, docs/TENSORRT.md) a few border boxes survive on one side only, so agreement and AP differ a little.
     """
     from retinaedge.runtime.ort_runner import OrtRunner
     from retinaedge.runtime.validate import ExportNmsRunner

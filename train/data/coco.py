@@ -1,6 +1,6 @@
 """COCO-format detection data for training and evaluation, through pycocotools.
 
-`CocoDetection` reads any dataset in the COCO 2017 layout (ARCHITECTURE.md), maps its (possibly sparse)
+`CocoDetection` reads any dataset in the COCO 2017 layout (docs/ARCHITECTURE.md), maps its (possibly sparse)
 category ids to the spec's contiguous class indices, letterboxes every image into the spec's input with
 `retinaedge.runtime.preprocess.letterbox` (the same function runtime and calibration use) and maps the
 boxes with `Letterbox.to_network`.
