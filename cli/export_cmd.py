@@ -23,6 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
     p.add_argument("--calib-method", default="auto", choices=["auto", "entropy", "max"],
                    help="ModelOpt INT8 calibration; auto picks by held-out AP (needs DATA/annotations)")
+    p.add_argument("--mixed", default="off", choices=["off", "auto"],
+                   help="auto: also write model.int8-mixed.onnx, keeping the fewest most INT8-sensitive units "
+                   "(measured on the held-out val split) in FP16/FP32 until --gate passes; writes "
+                   "sensitivity.json/.png")
+    p.add_argument("--gate", default="int8=0.99",
+                   help="the INT8 gate --mixed auto must pass, as validate's: int8=FRACTION (default int8=0.99)")
+    p.add_argument("--mixed-unit", default="block", choices=["block", "layer"],
+                   help="sensitivity unit: block (stem/stage/FPN level/head part, default) or layer (each node)")
+    p.add_argument("--mixed-dtype", default="auto", choices=["auto", "fp16", "fp32"],
+                   help="precision of the kept units: auto = FP16 unless FP16 itself loses AP (default)")
+    p.add_argument("--mixed-max-units", type=int, default=None, help="try at most N kept units (default all)")
+    p.add_argument("--heldout-images", type=int, default=32,
+                   help="held-out val images scoring --calib-method auto and --mixed auto (cap; default 32)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
                    help="torch.onnx exporter: auto = dynamo at opset >= 18, torchscript at 17 (default)")
@@ -32,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from retinaedge.export.config import ExportConfig, parse_precisions
     from retinaedge.export.pipeline import export_model
+    from retinaedge.runtime.errors import InputError
+    from retinaedge.runtime.validate import parse_gate
+
+    gate = parse_gate(args.gate)
+    if "int8" not in gate:
+        raise InputError(f"--gate {args.gate!r} names no int8 entry; --mixed auto needs one, e.g. --gate int8=0.99")
 
     config = ExportConfig(
         checkpoint=args.checkpoint,
@@ -43,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         calib_data=args.calib_data,
         calib_images=args.calib_images,
         calib_method=args.calib_method,
+        heldout_images=args.heldout_images,
+        mixed=args.mixed,
+        gate=gate["int8"],
+        mixed_unit=args.mixed_unit,
+        mixed_dtype=args.mixed_dtype,
+        mixed_max_units=args.mixed_max_units,
     )
     result = export_model(config, echo=print)
     bad = [p for p, r in result.lint.items() if not r.ok and not r.cpu_only]

@@ -20,6 +20,12 @@ CalibMethod = Literal["auto", "entropy", "max"]
 CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
 Exporter = Literal["auto", "dynamo", "torchscript"]
 EXPORTERS: tuple[str, ...] = get_args(Exporter)
+MixedMode = Literal["off", "auto"]
+MIXED_MODES: tuple[str, ...] = get_args(MixedMode)
+MixedUnit = Literal["block", "layer"]
+MIXED_UNITS: tuple[str, ...] = get_args(MixedUnit)
+MixedDtype = Literal["auto", "fp16", "fp32"]
+MIXED_DTYPES: tuple[str, ...] = get_args(MixedDtype)
 
 MIN_OPSET = 17
 """Lowest opset we export (TensorRT 8.6 reads up to 17; LayerNorm/GroupNorm need >= 17/18 to stay fused)."""
@@ -52,6 +58,14 @@ class ExportConfig:
             the one with the higher AP on a held-out set (both APs are recorded in ``export.json``).
         heldout_images: size of the held-out set used by ``calib_method="auto"``.
         calib_batch: batch size fed to the calibrators.
+        mixed: ``auto`` also writes ``model.int8-mixed.onnx``: per-unit INT8 sensitivity on the held-out split, then
+            the fewest most sensitive units kept out of INT8 until ``gate`` passes (`retinaedge.export.mixed`);
+            needs ``int8`` among the precisions and a held-out split (``DATA/annotations/instances_val.json``).
+        gate: the INT8 gate of ``mixed``: minimum fraction of the FP32 held-out AP to keep (validate's ``int8``).
+        mixed_unit: the sensitivity unit, ``block`` (stem / stage / FPN level / head part) or ``layer`` (each node).
+        mixed_dtype: precision of the kept units: ``fp16``, ``fp32``, or ``auto`` (FP16 unless FP16 itself loses
+            AP on the held-out split).
+        mixed_max_units: try at most this many kept units (default: all).
     """
 
     checkpoint: Path | None
@@ -65,6 +79,11 @@ class ExportConfig:
     calib_method: CalibMethod = "auto"
     heldout_images: int = 32
     calib_batch: int = 8
+    mixed: MixedMode = "off"
+    gate: float = 0.99
+    mixed_unit: MixedUnit = "block"
+    mixed_dtype: MixedDtype = "auto"
+    mixed_max_units: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -93,6 +112,17 @@ class ExportConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise InputError(f"{name}={v!r} must be a positive integer")
+        for name, allowed in (("mixed", MIXED_MODES), ("mixed_unit", MIXED_UNITS), ("mixed_dtype", MIXED_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name}={getattr(self, name)!r} is not supported; choose from {list(allowed)}")
+        if isinstance(self.gate, bool) or not isinstance(self.gate, int | float) or not 0 < self.gate <= 1:
+            raise InputError(f"gate={self.gate!r} must be a fraction in (0, 1]; e.g. --gate int8=0.99")
+        m = self.mixed_max_units
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m <= 0):
+            raise InputError(f"mixed_max_units={m!r} must be a positive integer or None (all units)")
+        if self.mixed == "auto" and "int8" not in self.precisions:
+            raise InputError(f"mixed='auto' refines the int8 export but precisions are {list(self.precisions)}; "
+                             "add int8, e.g. --precision fp32,int8 --mixed auto")
         if self.needs_calibration and self.calib_data is None:
             raise InputError(
                 f"precisions {list(self.precisions)} need calibration images but calib_data is not set; "

@@ -85,8 +85,8 @@ def _set_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def _modelopt_worker(*, src: str, dst: str, calib: str, input_name: str, method: str, opset: int,
-                     exclude: list[str]) -> None:
-    """Subprocess body: ModelOpt INT8 PTQ of ``src`` into ``dst``."""
+                     exclude: list[str], high_precision_dtype: str = "fp32") -> None:
+    """Subprocess body: ModelOpt INT8 PTQ of ``src`` into ``dst`` (``exclude``: exact node names)."""
     import contextlib
     import io
     import logging
@@ -100,7 +100,7 @@ def _modelopt_worker(*, src: str, dst: str, calib: str, input_name: str, method:
 
         quantize(
             onnx_path=src, quantize_mode="int8", calibration_data={input_name: data}, calibration_method=method,
-            calibration_eps=["cpu"], output_path=dst, high_precision_dtype="fp32", log_level="ERROR",
+            calibration_eps=["cpu"], output_path=dst, high_precision_dtype=high_precision_dtype, log_level="ERROR",
             nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude] or None,
         )
     onnx.save(_set_opset(onnx.load(dst), opset), dst)
@@ -136,7 +136,8 @@ def _ort_worker(*, src: str, dst: str, calib: str, input_name: str, batch: int, 
     )
 
 
-def _run(worker: str, pre_nms: onnx.ModelProto, calib: np.ndarray, **kwargs: object) -> onnx.ModelProto:
+def _run(worker: str, pre_nms: onnx.ModelProto, calib: np.ndarray, *, extra_exclude: Sequence[str] = (),
+         **kwargs: object) -> onnx.ModelProto:
     if calib.ndim != 4 or len(calib) == 0:
         raise InputError(f"calibration batch has shape {calib.shape}; need (N>0, 3, H, W) preprocessed images")
     target: Callable[..., None] = _modelopt_worker if worker == "modelopt" else _ort_worker
@@ -145,12 +146,14 @@ def _run(worker: str, pre_nms: onnx.ModelProto, calib: np.ndarray, **kwargs: obj
         onnx.save(pre_nms, src)
         np.save(npy, calib)
         exclude = output_tail_nodes(pre_nms, include_producers=worker == "ort")
+        exclude += [n for n in dict.fromkeys(extra_exclude) if n not in exclude]
         run_isolated(target, src=src, dst=dst, calib=npy, exclude=exclude, **kwargs)
         return onnx.load(dst)
 
 
 def quantize_int8_tensorrt(
-    pre_nms: onnx.ModelProto, calib: np.ndarray, *, input_name: str, method: ModelOptMethod, opset: int
+    pre_nms: onnx.ModelProto, calib: np.ndarray, *, input_name: str, method: ModelOptMethod, opset: int,
+    exclude_nodes: Sequence[str] = (), high_precision_dtype: Literal["fp32", "fp16"] = "fp32",
 ) -> onnx.ModelProto:
     """Symmetric INT8 Q/DQ (ModelOpt) of a pre-NMS graph, for TensorRT.
 
@@ -160,10 +163,17 @@ def quantize_int8_tensorrt(
         input_name: the graph input.
         method: ``entropy`` or ``max``.
         opset: the export opset to convert back to (kept at 19 if the conversion fails; the lint reports it).
+        exclude_nodes: node names kept out of INT8 (ModelOpt ``nodes_to_exclude``, matched exactly), on top of the
+            output tail; ``export --mixed auto`` passes the kept-high units here.
+        high_precision_dtype: what ModelOpt leaves the unquantised nodes in: ``fp32`` (the default: ORT runs
+            ModelOpt's FP16 remainder 7.6x slower, TENSORRT.md) or ``fp16``.
     """
     if method not in ("entropy", "max"):
         raise InputError(f"calibration method {method!r} is not supported by ModelOpt INT8; use 'entropy' or 'max'")
-    return _run("modelopt", pre_nms, calib, input_name=input_name, method=method, opset=opset)
+    if high_precision_dtype not in ("fp32", "fp16"):
+        raise InputError(f"high_precision_dtype {high_precision_dtype!r} is not supported; use 'fp32' or 'fp16'")
+    return _run("modelopt", pre_nms, calib, extra_exclude=exclude_nodes, input_name=input_name, method=method,
+                opset=opset, high_precision_dtype=high_precision_dtype)
 
 
 def quantize_int8_cpu(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from retinaedge.export.config import ExportConfig
 from retinaedge.export.fp16 import to_fp16
 from retinaedge.export.int8 import ModelOptMethod, quantize_int8_cpu, quantize_int8_tensorrt
 from retinaedge.export.lint import LintReport, lint_onnx
+from retinaedge.export.mixed import HighDtype, set_keep_high
 from retinaedge.export.onnx_export import export_onnx, random_images
 from retinaedge.export.surgery import finalize, prepare_pre_nms
 from retinaedge.runtime.detections import Detections
@@ -122,6 +123,7 @@ def export_model(
 
     files: dict[str, Path] = {}
     reports: dict[str, LintReport] = {}
+    int8_pre: onnx.ModelProto | None = None
     for precision in config.precisions:
         target = "cpu" if precision == "int8-cpu" else "tensorrt"
         if precision == "fp32":
@@ -133,6 +135,7 @@ def export_model(
             if calib is None or cache is None:
                 raise InputError("int8 needs calibration images; pass --calib-data")
             variant = _int8_tensorrt(pre, calib, cache, config, spec, record, say)
+            int8_pre = variant
         else:
             if calib is None or cache is None:
                 raise InputError("int8-cpu needs calibration images; pass --calib-data")
@@ -150,6 +153,20 @@ def export_model(
         say(f"wrote {path.name}; lint: {report.summary()}")
         for finding in report.errors + report.warnings:
             say(f"  {finding}")
+        if precision == "int8" and config.mixed == "auto":
+            if calib is None or cache is None:  # ExportConfig refuses this already
+                raise InputError("--mixed auto needs calibration images; pass --calib-data")
+            mixed_pre, keep_high = _int8_mixed(pre, int8_pre, calib, cache, config, spec, record, out, say)
+            final = finalize(mixed_pre, spec, nms=config.nms, precision="int8", target="tensorrt")
+            set_keep_high(final, keep_high)
+            path = out / "model.int8-mixed.onnx"
+            atomic_write_bytes(path, final.SerializeToString())
+            report = lint_onnx(path, target_trt_majors=(10, 11))
+            files["int8-mixed"], reports["int8-mixed"] = path, report
+            say(f"wrote {path.name} ({len(keep_high['nodes'])} nodes kept {keep_high['dtype']}); "
+                f"lint: {report.summary()}")
+            for finding in report.errors + report.warnings:
+                say(f"  {finding}")
 
     spec_out = spec.replace(nms=config.nms)
     spec_out.save(out / "spec.json")
@@ -161,6 +178,8 @@ def export_model(
         "calibration": record,
         "versions": _versions(),
     }
+    if "mixed" in record:
+        payload["keep_high"] = record["mixed"]["keep_high"]
     atomic_write_text(log_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     return ExportResult(out, files, spec_out, reports, record, log_path)
 
@@ -209,6 +228,119 @@ def _int8_tensorrt(pre: onnx.ModelProto, calib: CalibrationSet, cache: Calibrati
     say("int8 calibration (held-out AP on " + f"{len(files)} images): "
         + ", ".join(f"{k} {v:.4f}" for k, v in aps.items()) + f" -> {best}")
     return models[best]
+
+
+def _int8_mixed(pre: onnx.ModelProto, int8: onnx.ModelProto | None, calib: CalibrationSet,
+                cache: CalibrationCache, config: ExportConfig, spec: DetectorSpec, record: dict[str, Any],
+                out: Path, say: Echo) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """``--mixed auto``: sensitivity, the greedy search and the kept units' dtype (`retinaedge.export.mixed`).
+
+    Writes ``sensitivity.json`` and ``sensitivity.png`` into ``out`` and ``record["mixed"]``.
+
+    Returns:
+        (the mixed pre-NMS Q/DQ model, the ``keep_high`` object for its metadata).
+
+    Raises:
+        InputError: no held-out split (``DATA/annotations/instances_val.json`` and val images), no int8 model.
+    """
+    import hashlib
+    import time
+
+    from retinaedge.export import mixed
+
+    if int8 is None:
+        raise InputError("--mixed auto refines the int8 export; add int8 to --precision")
+    t_start = time.perf_counter()
+    heldout = _heldout(config, spec, calib)
+    if heldout is None:
+        raise InputError(f"--mixed auto measures AP on a held-out split, but {config.calib_data} has no "
+                         "annotations/instances_val.json with val images outside the calibration set; "
+                         "pass --calib-data DATA with DATA/annotations/instances_val.json and DATA/val/")
+    gt, held_files, ids, batch, metas = heldout
+    scorer = mixed.Scorer(spec, mixed.HeldOut(batch, metas, ids, gt))
+    method: ModelOptMethod = record.get("method", "entropy")
+    ap_fp32, ref = scorer.run(pre)
+    ap_ptq, _ = scorer.run(int8)
+    threshold = config.gate * ap_fp32
+    say(f"int8-mixed: held-out {len(held_files)} images, AP fp32 {ap_fp32:.4f}, PTQ {ap_ptq:.4f} "
+        f"({100 * ap_ptq / ap_fp32 if ap_fp32 > 0 else 0:.2f}%), gate {100 * config.gate:.2f}%")
+    units = mixed.find_units(pre, int8, config.mixed_unit)
+    say(f"int8-mixed: {len(units)} {config.mixed_unit} units, 2 ORT passes each "
+        f"(~{2 * len(units) * scorer.seconds / max(scorer.calls, 1):.0f} s)")
+    sens = mixed.rank(mixed.measure_sensitivity(pre, int8, units, scorer, ap_fp32=ap_fp32, ap_ptq=ap_ptq,
+                                                ref_outputs=ref, say=say), spec.io.cls_logits)
+    ranked = [s.unit for s in sens]
+    by_name = {u.name: u for u in units}
+    t_sens = time.perf_counter() - t_start
+
+    def excluded(names: Sequence[str]) -> list[str]:
+        return [n for u in names for n in by_name[u].nodes]
+
+    def real(names: tuple[str, ...], dtype: HighDtype) -> onnx.ModelProto:
+        digest = hashlib.sha256("\n".join(sorted(excluded(names))).encode()).hexdigest()[:16]
+        return _cached(cache, f"int8-mixed.{method}.{dtype}.{digest}.onnx", record,
+                       lambda: quantize_int8_tensorrt(pre, calib.batch, input_name=spec.io.input, method=method,
+                                                      opset=config.opset, exclude_nodes=excluded(names),
+                                                      high_precision_dtype=dtype))
+
+    models: dict[tuple[str, ...], onnx.ModelProto] = {(): int8}
+
+    def evaluate(names: tuple[str, ...]) -> float:
+        if not names:
+            return ap_ptq
+        models[names] = real(names, "fp32")
+        return scorer.run(models[names])[0]
+
+    search = mixed.greedy_keep_high(ranked, evaluate, ap_fp32=ap_fp32, gate=config.gate,
+                                    max_units=config.mixed_max_units, start=0, say=say)
+    # the trade-off curve past the search, estimated by bypassing Q/DQ in the PTQ model (no recalibration)
+    curve_est: list[tuple[int, float]] = [(0, ap_ptq)]
+    for k in range(1, min(len(ranked), 20) + 1):
+        nodes = {n for u in ranked[:k] for n in by_name[u].quantized}
+        curve_est.append((k, scorer.run(mixed.bypass_qdq(int8, pre, nodes))[0]))
+    chosen = search.chosen
+    if chosen is None:
+        best = max(search.steps, key=lambda st: st.ap)
+        say(f"int8-mixed: no set of up to {search.steps[-1].k} units reached the gate; keeping the best "
+            f"({best.k} units, {100 * best.retained:.2f}%)")
+        chosen = best.units
+    dtype_check: dict[str, Any] = {}
+    dtype: HighDtype = "fp32" if config.mixed_dtype == "fp32" else "fp16"
+    result = models.get(chosen, int8)
+    if chosen and config.mixed_dtype != "fp32":
+        m16 = real(chosen, "fp16")
+        ap16 = scorer.run(m16)[0]
+        ap32 = next(st.ap for st in search.steps if st.units == chosen)
+        # FP16 "hurts" when it drops the set below the gate or costs more than 0.1 % of FP32's AP against FP32
+        hurts = ap16 < threshold or ap16 < ap32 - 0.001 * ap_fp32
+        dtype_check = {"AP_fp16": ap16, "AP_fp32": ap32, "fp16_hurts": hurts}
+        if config.mixed_dtype == "fp16" or not hurts:
+            result = m16
+        else:
+            dtype = "fp32"
+        say(f"int8-mixed: kept units in FP16 AP {ap16:.4f}, in FP32 AP {ap32:.4f} -> {dtype}")
+    keep = mixed.keep_high_record(units, chosen, dtype, {n.name for n in pre.graph.node})
+    final_ap = next((st.ap for st in search.steps if st.units == chosen), ap_ptq)
+    if dtype_check and dtype == "fp16":
+        final_ap = dtype_check["AP_fp16"]
+    seconds = time.perf_counter() - t_start
+    mixed_record = {
+        "granularity": config.mixed_unit, "gate": config.gate, "method": method,
+        "heldout_images": [p.name for p in held_files], "AP_fp32": ap_fp32, "AP_ptq": ap_ptq, "AP_mixed": final_ap,
+        "retained_ptq": ap_ptq / ap_fp32 if ap_fp32 > 0 else None,
+        "retained_mixed": final_ap / ap_fp32 if ap_fp32 > 0 else None,
+        "passed": final_ap >= threshold, "chosen_units": list(chosen), "keep_high": keep, "dtype_check": dtype_check,
+        "search": [asdict(st) for st in search.steps], "curve_estimate": curve_est,
+        "seconds": {"sensitivity": t_sens, "total": seconds}, "ort_runs": scorer.calls,
+    }
+    mixed.write_sensitivity(out / "sensitivity.json", {**mixed_record, "units": mixed.sensitivity_rows(sens)})
+    mixed.plot_sensitivity(out / "sensitivity.png", sens, [(st.k, st.ap) for st in search.steps], curve_est,
+                           ap_fp32=ap_fp32, gate=config.gate, chosen_k=len(chosen))
+    record["mixed"] = mixed_record
+    say(f"int8-mixed: {len(chosen)} unit(s) kept {dtype} ({', '.join(chosen) or 'none'}): held-out AP "
+        f"{final_ap:.4f} ({100 * final_ap / ap_fp32 if ap_fp32 > 0 else 0:.2f}%), {seconds:.0f} s, "
+        f"{scorer.calls} ORT passes; sensitivity.json, sensitivity.png")
+    return result, keep
 
 
 def _heldout(config: ExportConfig, spec: DetectorSpec, calib: CalibrationSet

@@ -5,7 +5,9 @@ Exported ONNX files carry ``metadata_props`` (written by ``retinaedge export``):
 * ``retinaedge.spec``: the `DetectorSpec` JSON;
 * ``retinaedge.precision``: ``fp32`` | ``fp16`` | ``int8``;
 * ``retinaedge.nms``: ``efficient`` | ``onnx`` | ``none``;
-* ``retinaedge.target``: ``tensorrt``, or ``cpu`` for the ORT-only ``int8-cpu`` variant.
+* ``retinaedge.target``: ``tensorrt``, or ``cpu`` for the ORT-only ``int8-cpu`` variant;
+* ``retinaedge.keep_high`` (``model.int8-mixed.onnx`` only): JSON ``{"nodes": [FP32 node names], "dtype":
+  "fp16"|"fp32"}``, the units ``export --mixed auto`` kept out of INT8 (a weakly-typed TensorRT build pins them).
 
 A ``spec.json`` sits beside the ONNX files too; it is the fallback when the metadata has no spec.
 """
@@ -30,6 +32,7 @@ META_SPEC = "retinaedge.spec"
 META_PRECISION = "retinaedge.precision"
 META_NMS = "retinaedge.nms"
 META_TARGET = "retinaedge.target"
+META_KEEP_HIGH = "retinaedge.keep_high"
 
 
 def load_runner(path: str | Path, **kwargs: Any) -> Runner:
