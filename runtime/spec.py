@@ -35,6 +35,9 @@ NMS_MODES: tuple[str, ...] = get_args(NmsMode)
 
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 """Upper clamp for dw/dh before ``exp`` (detectron2 / torchvision value)."""
+# An input side need only be a multiple of this (C5's stride in a ResNet-FPN, whose top-down path doubles sizes up
+# to it); levels with a larger stride get ceil-sized maps (feature_shapes).
+MAX_INPUT_MULTIPLE = 32
 
 
 def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
@@ -147,8 +150,9 @@ class DetectorSpec:
     Attributes:
         class_names: one name per contiguous class index ``0..K-1``.
         category_ids: the dataset's (possibly sparse) category id for each class index.
-        input_height: network input height in pixels (multiple of the largest stride).
-        input_width: network input width in pixels (multiple of the largest stride).
+        input_height: network input height in pixels: a multiple of the largest stride, or of 32 (C5's
+            stride) when the largest stride is above it; levels above 32 then have ceil-sized maps.
+        input_width: network input width in pixels, as ``input_height``.
         layout: tensor layout of the network input; ``NCHW`` with RGB channel order.
         input_dtype: ``uint8`` (0..255 pixels) or ``float32`` (0..255 pixels, not normalised).
         pixel_mean: per-channel RGB mean on the 0..255 scale; subtracted *inside* the graph.
@@ -192,12 +196,13 @@ class DetectorSpec:
             )
         if len(set(self.category_ids)) != len(self.category_ids):
             raise SpecError(f"category_ids {list(self.category_ids)} contains duplicates")
-        big = max(self.anchors.strides)
+        big = min(max(self.anchors.strides), MAX_INPUT_MULTIPLE)
         for name in ("input_height", "input_width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0 or v % big:
+                capped = f" (capped at {MAX_INPUT_MULTIPLE}, C5's stride)" if big < max(self.anchors.strides) else ""
                 raise SpecError(
-                    f"{name}={v!r} must be a positive multiple of the largest stride {big}; "
+                    f"{name}={v!r} must be a positive multiple of the largest stride{capped} {big}; "
                     f"try {max(big, round(v / big) * big) if isinstance(v, int | float) else big}"
                 )
         _check_choice("layout", self.layout, get_args(Layout))
@@ -220,8 +225,13 @@ class DetectorSpec:
         return self.anchors.num_anchors_per_cell
 
     def feature_shapes(self) -> list[tuple[int, int]]:
-        """(H, W) of each FPN level's feature map, P3 first."""
-        return [(self.input_height // s, self.input_width // s) for s in self.anchors.strides]
+        """(H, W) of each FPN level's feature map, P3 first: ``ceil(input / stride)``.
+
+        Exact for every level up to stride 32 (the input is a multiple of it); the levels above (P6, P7) come
+        from stride-2 convolutions with padding 1, whose output is ``ceil(in / 2)``, so a 192-px input gives
+        P6 3x3 and P7 2x2, as torchvision's RetinaNet does.
+        """
+        return [(-(-self.input_height // s), -(-self.input_width // s)) for s in self.anchors.strides]
 
     @property
     def num_anchors(self) -> int:
