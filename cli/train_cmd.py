@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="stop cleanly after this many minutes (after the current step), then evaluate and save")
+                   help="train until this many minutes are spent (as many epochs as fit; the schedule anneals over "
+                        "the budget), then finish the step, evaluate and save")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 --set data.input_size=[256,256]")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from ckpt_last.pt")
@@ -57,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_stats(metrics))
     print(f"best AP {metrics['best_AP']:.4f}; {metrics['step']} steps in {metrics['wall_time_s']:.0f}s "
-          f"({metrics['train_img_per_s']} img/s); run in {args.out}")
+          f"({metrics['train_img_per_s']} img/s), ended by: {metrics.get('ended_by') or 'the planned epochs'}; "
+          f"run in {args.out}")
     return 0

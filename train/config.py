@@ -206,6 +206,25 @@ class AnchorsConfig:
 
 
 @dataclass(frozen=True)
+class FitConfig:
+    """Fit the recipe to the training data before training (`retinaedge.train.data.inspect.fit_recipe`).
+
+    The fitted values are printed, written into the run's config and spec, and pinned by naming the field in
+    ``--set`` (``--set data.input_size=[256,256]`` keeps that size; ``--set anchors.sizes=[...]`` those sizes).
+
+    Attributes:
+        input_size: choose the input from the images' native size (rounded up to a multiple of 32, never above
+            ``data.input_size``, raised only when the boxes would get too small; the images' aspect when they
+            share one).
+        anchors: fit the anchor size of each FPN level (and the aspect ratios, when the boxes' own cover more)
+            to the training boxes, maximising the share with an anchor at IoU >= ``loss.fg_iou``.
+    """
+
+    input_size: bool = False
+    anchors: bool = False
+
+
+@dataclass(frozen=True)
 class PostprocessConfig:
     """Post-processing overrides for the spec; ``None`` keeps `retinaedge.runtime.spec.PostProcess`'s default."""
 
@@ -247,10 +266,12 @@ class TrainConfig:
         optim: optimiser and schedule.
         anchors: anchor overrides for the spec.
         postprocess: post-processing overrides for the spec.
+        fit: what to fit to the training data before training (input size, anchors).
         distributed: torchrun/DDP options (SyncBN, backend, timeout).
-        epochs: planned epochs (the schedule spans them).
-        time_budget_min: stop cleanly after the step that crosses this many minutes of wall time since the
-            run (first) started, then evaluate and save; 0 = no budget.
+        epochs: planned epochs (the schedule spans them); ignored when a time budget is given.
+        time_budget_min: train until this many minutes of wall time since the run (first) started are spent
+            (as many epochs as fit; the schedule anneals over the budget), finish the step, evaluate and save;
+            0 = no budget (``epochs`` then ends the run).
         seed: seeds torch, numpy, Python and the data order.
         amp: mixed precision: fp16 autocast + GradScaler on CUDA; bf16 autocast on CPUs with native bf16
             (AVX512-BF16 or AMX, ~1.8x the fp32 step rate on a 2-core Zen 4), fp32 on other CPUs. The loss,
@@ -258,6 +279,8 @@ class TrainConfig:
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         num_threads: ``torch.set_num_threads`` (0 = leave torch's default).
         eval_every: COCO evaluation every N epochs (0 = only at the end); the last epoch always evaluates.
+            With a time budget, an epoch end evaluates only once a quarter of the budget has passed since the
+            last evaluation (short epochs would otherwise spend the budget evaluating).
         eval_batch_size: images per evaluation batch.
         log_every: steps between ``train_log.jsonl`` lines and progress-bar updates.
     """
@@ -268,6 +291,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     epochs: int = 12
     time_budget_min: float = 0.0
@@ -473,7 +497,21 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Trai
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"config file {str(path)!r} is not valid TOML ({e})") from None
     apply_overrides(data, overrides)
+    _pin_fitted(data, overrides)
     return typing.cast(TrainConfig, _build(TrainConfig, data))
+
+
+_FITTED = {"data.input_size": "fit.input_size", "anchors.sizes": "fit.anchors",
+           "anchors.aspect_ratios": "fit.anchors"}
+"""Config fields the data fit chooses -> the switch that an explicit ``--set`` of that field turns off."""
+
+
+def _pin_fitted(data: dict[str, Any], overrides: Sequence[str]) -> None:
+    """An override of a fitted field pins it: that fit is switched off (the value given wins over any fit)."""
+    keys = {parse_override(t)[0] for t in overrides}
+    for key, switch in _FITTED.items():
+        if key in keys:
+            data.setdefault("fit", {})[switch.split(".")[1]] = False
 
 
 def make_spec(config: TrainConfig, class_names: Sequence[str], category_ids: Sequence[int]) -> DetectorSpec:

@@ -48,6 +48,7 @@ from retinaedge.train.distributed import (
     wrap_model,
 )
 from retinaedge.train.evaluate import evaluate, split_paths
+from retinaedge.train.fit import fit_config
 
 __all__ = ["NonFiniteLossError", "Trainer", "lr_factor", "plot_curves", "train"]
 
@@ -193,7 +194,7 @@ def _fmt_time(seconds: float) -> str:
 class _Reporter:
     """A rich progress bar on a terminal; plain, greppable lines otherwise (CI logs, files)."""
 
-    def __init__(self, *, total: int, log: Callable[[str], None] | None, live: bool | None) -> None:
+    def __init__(self, *, total: int | None, log: Callable[[str], None] | None, live: bool | None) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True)
@@ -239,7 +240,8 @@ class _Reporter:
             self._progress.update(self._task, completed=step, epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                   ips=f"{ips:.1f}", eta=_fmt_time(eta))
         elif line:
-            self.message(f"step {step}/{self.total} ep {epoch} loss {loss:.4f} lr {lr:.2e} {ips:.1f} img/s "
+            of = "" if self.total is None else f"/{self.total}"
+            self.message(f"step {step}{of} ep {epoch} loss {loss:.4f} lr {lr:.2e} {ips:.1f} img/s "
                          f"ETA {_fmt_time(eta)}")
 
 
@@ -394,10 +396,10 @@ class Trainer:
                 f"{str(self.out)!r} already holds a run ({LAST}); pass --resume to continue it or choose another --out"
             )
 
-    def _load_resume(self) -> dict[str, Any]:
+    def _load_resume(self, config: TrainConfig) -> dict[str, Any]:
         ckpt = read_checkpoint(self.out / LAST)
         old = config_to_dict(config_from_dict(ckpt["config"]))
-        new = config_to_dict(self.config)
+        new = config_to_dict(config)
         changed = _diff_keys(old, new)
         frozen = [k for k in changed if any(k == f or k.startswith(f + ".") for f in _FROZEN_ON_RESUME)]
         if frozen:
@@ -429,12 +431,13 @@ class Trainer:
         from retinaedge.train.losses import RetinaNetLoss
         from retinaedge.train.model import build_model
 
-        cfg = self.config
+        names, cat_ids = read_categories(self.train_ann)
+        cfg, fit_report = fit_config(self.config, self.train_ann, names, cat_ids)
 
         def prepare() -> dict[str, Any] | None:  # rank 0 owns the run directory; the others get its checkpoint
             ensure_writable_dir(self.out)
             self._check_out()
-            return self._load_resume() if self.resume and (self.out / LAST).is_file() else None
+            return self._load_resume(cfg) if self.resume and (self.out / LAST).is_file() else None
 
         ckpt = ctx.on_main(prepare, what="resume checkpoint broadcast")
         if cfg.num_threads:
@@ -446,7 +449,6 @@ class Trainer:
         amp_dtype = autocast_dtype(device, cfg.amp)
         use_amp = amp_dtype is torch.float16  # the GradScaler is for fp16 only; bf16 has fp32's exponent range
 
-        names, cat_ids = read_categories(self.train_ann)
         spec = make_spec(cfg, names, cat_ids)
         old_spec = DetectorSpec.from_dict(ckpt["spec"]) if ckpt is not None else spec
         if old_spec != spec:
@@ -457,6 +459,8 @@ class Trainer:
         if ctx.is_main:
             spec.save(self.out / "spec.json")
             atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+            if fit_report is not None:
+                fit_report.write(self.out, spec)
 
         msgs: list[str] = []
         train_ds = CocoDetection(ann_file=self.train_ann, image_dir=self.train_images, spec=spec, train=True,
@@ -486,8 +490,8 @@ class Trainer:
             raise InputError(f"the training set {str(self.train_ann)!r} yields no batches; it has no usable images")
         accumulate = cfg.optim.accumulate
         steps_per_epoch = -(-batches_per_epoch // accumulate)  # a short last window still makes a step
-        total_steps = cfg.epochs * steps_per_epoch
         budget_s = cfg.time_budget_min * 60.0
+        total_steps = cfg.epochs * steps_per_epoch  # without a budget; with one, epochs do not end the run
 
         epoch = step = batch_in_epoch = 0
         elapsed0 = 0.0
@@ -519,6 +523,7 @@ class Trainer:
         train_time = 0.0
         images_seen = 0
         stop_reason = ""
+        ended_by = ""
 
         def write(rec: Mapping[str, Any]) -> None:
             log_f.write(json.dumps(rec) + "\n")
@@ -559,7 +564,7 @@ class Trainer:
             ctx.barrier("rank 0 releasing the others after evaluation")
             return metrics
 
-        rep = _Reporter(total=total_steps, log=self.log if ctx.is_main else (lambda _: None),
+        rep = _Reporter(total=None if budget_s else total_steps, log=self.log if ctx.is_main else (lambda _: None),
                         live=self.progress if ctx.is_main else False)
         try:
             with rep, _signals_stop(stop_flag):
@@ -571,14 +576,17 @@ class Trainer:
                                 + (f"; changed {ckpt['_changed']}" if ckpt["_changed"] else ""))
                 for m in msgs:  # the datasets' summary lines: images, boxes, skip counts
                     rep.message(m)
+                for m in fit_report.notes if fit_report is not None else ():
+                    rep.message(f"fit: {m}")
                 for name, ds in (("train", train_ds), ("val", val_ds)):
                     write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
                 rep.message(f"training on {device} ({torch.get_num_threads()} threads"
                             + (f", {str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else ", fp32)")
                             + (f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else "")
-                            + f": {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+                            + f": {steps_per_epoch} steps/epoch"
+                            + (f" until the budget of {cfg.time_budget_min:g} min is spent" if budget_s
+                               else f" x {cfg.epochs} epochs")
                             + (f", {accumulate} micro-batches per step" if accumulate > 1 else "")
-                            + (f", budget {cfg.time_budget_min:g} min" if budget_s else "")
                             + (f"; the first {cfg.data.progressive_fraction:.0%} at {low.spec.input_height}x"
                                f"{low.spec.input_width} (progressive resizing)" if low is not None else ""))
                 model.train()
@@ -586,7 +594,8 @@ class Trainer:
                 micro = 0  # micro-batches done in the current optimiser step
                 if ckpt is not None and budget_s and agreed_elapsed >= budget_s:  # resumed with its budget spent
                     stop_reason = f"time budget of {cfg.time_budget_min:g} min already used"
-                while epoch < cfg.epochs and not stop_reason:
+                last_eval_s = agreed_elapsed
+                while (budget_s or epoch < cfg.epochs) and not stop_reason:
                     it = iter(loader_for(epoch))
                     for _ in range(batch_in_epoch):  # resume mid-epoch: replay the same order, skip done batches
                         next(it)
@@ -594,10 +603,10 @@ class Trainer:
                     t_prev, win_s, win_n = time.perf_counter(), 0.0, 0
                     for images, targets in it:
                         if micro == 0:  # a new optimiser step: `accumulate` micro-batches (fewer at the epoch end)
-                            progress = step / total_steps
-                            if budget_s:
-                                progress = max(progress, (agreed_elapsed if ctx.is_distributed else elapsed())
-                                               / budget_s)
+                            if budget_s:  # the schedule spans the budget, however many epochs that is
+                                progress = (agreed_elapsed if ctx.is_distributed else elapsed()) / budget_s
+                            else:
+                                progress = step / total_steps
                             lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
                             step_low = low if low is not None and progress < cfg.data.progressive_fraction else None
                             for g in optimizer.param_groups:
@@ -648,10 +657,12 @@ class Trainer:
                         if logged or rep.live:
                             ips = win_n / max(win_s, 1e-9)
                             per_step = cfg.data.batch_size * accumulate * ctx.world_size
-                            remaining = (total_steps - step) * per_step / max(ips, 1e-9)
                             if budget_s:
-                                remaining = min(remaining, budget_s - elapsed())
-                            rep.update(step=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=vals["loss"], lr=lr,
+                                remaining = budget_s - elapsed()
+                            else:
+                                remaining = (total_steps - step) * per_step / max(ips, 1e-9)
+                            rep.update(step=step, epoch=f"{epoch + 1}" if budget_s else f"{epoch + 1}/{cfg.epochs}",
+                                       loss=vals["loss"], lr=lr,
                                        ips=ips, eta=remaining, line=logged)
                             if logged:
                                 write({"type": "step", "epoch": epoch, "step": step, "lr": lr,
@@ -673,13 +684,18 @@ class Trainer:
                     if batch_in_epoch >= batches_per_epoch:
                         epoch += 1
                         batch_in_epoch = 0
-                        due = cfg.eval_every and epoch % cfg.eval_every == 0
-                        if due or epoch == cfg.epochs:
+                        due = bool(cfg.eval_every and epoch % cfg.eval_every == 0)
+                        if budget_s:  # evaluations spaced by a quarter of the budget; the last one follows the stop
+                            _, now_s = ctx.agree_stop(0, elapsed())
+                            due = due and now_s - last_eval_s >= budget_s / 4
+                        if due or (not budget_s and epoch == cfg.epochs):
                             final = do_eval()
+                            _, last_eval_s = ctx.agree_stop(0, elapsed())
                         elif ctx.is_main:
                             save_checkpoint(self.out / LAST, state_payload(get_rng_state()))
-                if stop_reason:
-                    rep.message(f"{stop_reason} at epoch {epoch} step {step}; evaluating and saving")
+                ended_by = stop_reason or f"planned {cfg.epochs} epochs done"
+                rep.message(f"stopped: {ended_by} at epoch {epoch} step {step}"
+                            + ("" if last_eval_step == step and final else "; evaluating and saving"))
                 if last_eval_step != step or not final:
                     final = do_eval()
                 skips = train_ds.skip_counts
@@ -690,7 +706,7 @@ class Trainer:
         finally:
             log_f.close()
         summary = {
-            "epoch": epoch, "step": step, "stopped": stop_reason or None, "best_AP": best_ap,
+            "epoch": epoch, "step": step, "stopped": stop_reason or None, "ended_by": ended_by, "best_AP": best_ap,
             "wall_time_s": round(elapsed(), 2), "train_time_s": round(train_time, 2),
             "train_img_per_s": round(images_seen / train_time, 2) if train_time else None,
         }

@@ -24,3 +24,28 @@ def test_synth_bad_size_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err == ("retinaedge data: error: size=8 is too small; give an image side >= 32 pixels (default 256)\n")
+
+
+def test_data_inspect_reports_and_writes(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+
+    from retinaedge.cli import main as _main
+    from retinaedge.train.data.synth import write_synthetic_coco
+
+    root = tmp_path / "d"
+    write_synthetic_coco(root, train=8, val=2, size=64, seed=1)
+    assert _main(["data", "inspect", "--data", str(root), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "anchor coverage at IoU >= 0.5" in out and "pin it with: --set data.input_size=" in out
+    rep = _json.loads((tmp_path / "rep" / "data_report.json").read_text())
+    # 64-px nominal sides jitter to 48..80: the median long side rounds up to 96, far below edge's 256
+    assert rep["images"] == 8 and rep["fit"]["input_size"] == [96, 96]
+    assert 0.0 <= rep["fit"]["coverage_before"]["covered"] <= rep["fit"]["coverage_after"]["covered"] <= 1.0
+
+
+def test_data_inspect_bad_input_is_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from retinaedge.cli import main as _main
+
+    assert _main(["data", "inspect", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not exist" in err[0]

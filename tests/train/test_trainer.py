@@ -282,3 +282,46 @@ def test_out_dir_guard_and_resume_checks(data: Path, tmp_path: Path) -> None:
         train(tiny("model.head_channels=16"), data=data, out=out, resume=True, log=_quiet, progress=False)
     with pytest.raises(InputError, match="train annotations"):
         Trainer(config=tiny(), data=tmp_path / "nodata", out=tmp_path / "x")
+
+
+def test_time_budget_fills_the_time_past_the_presets_epochs(data: Path, tmp_path: Path) -> None:
+    # epochs=1 is 3 steps; a 4-second budget must keep training past it, annealing over the budget
+    m = train(tiny("epochs=1", "time_budget_min=0.067", "eval_every=1"), data=data, out=tmp_path / "fill",
+              log=_quiet, progress=False)
+    assert m["epoch"] > 1 and m["step"] > 3
+    assert "time budget" in m["stopped"] and "time budget" in m["ended_by"]
+    assert m["wall_time_s"] >= 4.0
+    log = [json.loads(x) for x in (tmp_path / "fill" / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if r["type"] == "step"]
+    assert lrs[-1] < max(lrs)  # the cosine ran over the budget, not over the 3 planned steps
+    evals = [r for r in log if r["type"] == "eval"]
+    assert len(evals) <= 5  # spaced by a quarter of the budget (+ the final one), not one per epoch
+
+
+def test_without_a_budget_epochs_end_the_run(data: Path, tmp_path: Path) -> None:
+    m = train(tiny("epochs=1"), data=data, out=tmp_path / "ep", log=_quiet, progress=False)
+    assert m["step"] == 3 and m["stopped"] is None and m["ended_by"] == "planned 1 epochs done"
+
+
+def test_fit_writes_the_data_report_and_the_fitted_spec(data: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from retinaedge.train.config import FitConfig
+
+    cfg = dataclasses.replace(tiny(), fit=FitConfig(input_size=True, anchors=True))  # as a preset that fits
+    m = train(cfg, data=data, out=tmp_path / "fit", log=_quiet, progress=False)
+    assert math.isfinite(m["AP"])
+    report = json.loads((tmp_path / "fit" / "data_report.json").read_text())
+    spec = DetectorSpec.load(tmp_path / "fit" / "spec.json")
+    assert list(spec.anchors.sizes) == report["fit"]["anchor_sizes"]
+    assert [spec.input_height, spec.input_width] == report["fit"]["input_size"]
+    assert json.loads((tmp_path / "fit" / "config.json").read_text())["fit"] == {"input_size": False,
+                                                                                  "anchors": False}
+    assert (tmp_path / "fit" / "data_report.png").is_file()
+
+
+def test_a_set_fitted_field_pins_it() -> None:
+    cfg = load_config("edge", ["fit.anchors=true", "fit.input_size=true", "anchors.sizes=[1, 2, 3, 4, 5]"])
+    assert cfg.fit.anchors is False and cfg.fit.input_size is True  # the sizes given win over the fit
+    cfg = load_config("edge", ["fit.input_size=true", "data.input_size=320"])
+    assert cfg.fit.input_size is False
