@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     def note(r: BenchResult) -> str | None:
         if r.precision != "int8" or r.backend != "ort":
             return None
-        from retinaedge.runtime.models import read_onnx_metadata
+        from retinaedge.runtime.onnxinfo import read_onnx_metadata
 
         return TRT_INT8_NOTE if read_onnx_metadata(r.model).get("retinaedge.target") == "tensorrt" else None
 

@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 
 from retinaedge.runtime.errors import InputError
-from retinaedge.runtime.models import META_KEEP_HIGH
+from retinaedge.runtime.onnxinfo import META_KEEP_HIGH
 
 UnitGranularity = Literal["block", "layer"]
 UNIT_GRANULARITIES: tuple[str, ...] = ("block", "layer")

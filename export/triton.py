@@ -36,6 +36,7 @@ from typing import Any, Literal
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.errors import InputError, ModelError, SpecError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_file
+from retinaedge.runtime.onnxinfo import describe_onnx
 from retinaedge.runtime.spec import DetectorSpec
 
 Dim = int | str
@@ -251,18 +252,8 @@ def load_onnx_model(path: str | Path) -> DeployModel:
             f"ONNX file {str(p)!r} keeps weights in external data files; a deployment needs one "
             "self-contained .onnx (re-export without external data)"
         )
-    meta = {m.key: m.value for m in model.metadata_props}
-    if "retinaedge.spec" in meta:
-        spec = DetectorSpec.from_json(meta["retinaedge.spec"])
-    elif (p.parent / "spec.json").is_file():
-        spec = DetectorSpec.load(p.parent / "spec.json")
-    else:
-        raise ModelError(
-            f"ONNX file {str(p)!r} has no 'retinaedge.spec' metadata and no spec.json beside it; "
-            "export it with retinaedge export"
-        )
-    has_plugin = any(n.op_type == "EfficientNMS_TRT" for n in model.graph.node)
-    nms = "efficient" if has_plugin else meta.get("retinaedge.nms", spec.nms)
+    info = describe_onnx(p, model=model)  # spec, NMS mode, precision and target as every stage reads them
+    spec, nms = info.spec, info.nms
     inputs, outputs = _onnx_io(model, p)
     if spec.io.input not in [t.name for t in inputs]:
         raise ModelError(
@@ -275,8 +266,8 @@ def load_onnx_model(path: str | Path) -> DeployModel:
         path=p,
         spec=spec,
         nms=nms,
-        precision=meta.get("retinaedge.precision", "fp32"),
-        target=meta.get("retinaedge.target", "tensorrt"),
+        precision=info.precision,
+        target=info.target,
         inputs=inputs,
         outputs=outputs,
     )

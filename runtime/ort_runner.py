@@ -18,16 +18,8 @@ import numpy as np
 
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.errors import InputError, ModelError
-from retinaedge.runtime.models import (
-    META_KEEP_HIGH,
-    META_NMS,
-    META_PRECISION,
-    META_TARGET,
-    load_onnx_model,
-    metadata_of,
-    spec_for_onnx,
-)
 from retinaedge.runtime.nms import efficient_nms
+from retinaedge.runtime.onnxinfo import describe_onnx, load_onnx_model
 from retinaedge.runtime.runner import Backend, Precision, Runner
 from retinaedge.runtime.spec import DetectorSpec
 
@@ -36,7 +28,8 @@ if TYPE_CHECKING:
 
 PLUGIN_OP = "EfficientNMS_TRT"
 PLUGIN_DOMAINS = ("", "trt.plugins")
-_PRECISIONS: dict[str, Precision] = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
+_PLACEHOLDER_SPEC = DetectorSpec(class_names=("object",))
+"""`_precision_of` needs no spec; this stands in so a file without one still reports its precision."""
 # the plugin's own defaults (EfficientNMSParameters) for attributes a node leaves out
 _PLUGIN_DEFAULTS: dict[str, Any] = {
     "score_threshold": 0.5, "iou_threshold": 0.5, "max_output_boxes": 100, "background_class": -1,
@@ -114,11 +107,14 @@ class OrtRunner(Runner):
         self.spin = spin
         self.raw = raw
         model = load_onnx_model(self.path, load_external_data=False)
-        self.metadata = metadata_of(model)
-        self.spec = spec if spec is not None else spec_for_onnx(self.path, self.metadata)
-        self.precision = _precision_of(model, self.metadata, self.path)
-        self.nms_mode = self.metadata.get(META_NMS)
-        self.target = self.metadata.get(META_TARGET, "tensorrt")
+        self.info = describe_onnx(self.path, model=model, spec=spec)
+        self.metadata = self.info.metadata
+        self.spec = self.info.spec
+        # runtime.runner.Precision does not list int8-mixed yet (not this module's file)
+        self.precision = cast(Precision, self.info.precision)
+        self.nms_mode = self.info.nms
+        self.target = self.info.target
+        self.keep_high = self.info.keep_high
         self.plugin = find_plugin(model, self.path)
         self.name = name or f"ort-{self.precision}:{self.path.name}"
         self._session: Any = None
@@ -339,27 +335,12 @@ def _constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 
 def _precision_of(model: onnx.ModelProto, metadata: dict[str, str], path: Path) -> Precision:
-    """``retinaedge.precision`` metadata, else read from the graph (Q/DQ -> int8, FP16 weights -> fp16).
+    """The file's precision as `retinaedge.runtime.models.describe_onnx` reads it (``int8-mixed`` included).
 
-    An ``int8`` file with ``retinaedge.keep_high`` metadata (``export --mixed auto``) is ``int8-mixed``: its own
-    validate row, gated with the ``int8`` gate.
+    ``metadata`` is what ``model`` carries; kept for callers that already parsed both.
     """
-    text = metadata.get(META_PRECISION)
-    if text is not None:
-        if text not in _PRECISIONS:
-            raise ModelError(
-                f"{str(path)!r} says {META_PRECISION}={text!r}; allowed: {sorted(_PRECISIONS)}; re-export it"
-            )
-        if text == "int8" and META_KEEP_HIGH in metadata:
-            # runtime.runner.Precision does not list int8-mixed yet (not this module's file)
-            return cast(Precision, "int8-mixed")
-        return _PRECISIONS[text]
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        return "int8"
-    float16 = 10  # onnx.TensorProto.FLOAT16
-    if any(i.data_type == float16 for i in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+    del metadata  # describe_onnx reads the model's own metadata_props
+    return cast(Precision, describe_onnx(path, model=model, spec=_PLACEHOLDER_SPEC).precision)
 
 
 def _first_line(e: BaseException) -> str:

@@ -49,7 +49,8 @@ from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.draw import contact_sheet, draw_detections, draw_ground_truth
 from retinaedge.runtime.errors import InputError, RetinaEdgeError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from retinaedge.runtime.models import ENGINE_SUFFIXES, META_TARGET, ONNX_SUFFIXES, load_runner, read_onnx_metadata
+from retinaedge.runtime.models import ENGINE_SUFFIXES, ONNX_SUFFIXES, load_runner
+from retinaedge.runtime.onnxinfo import META_TARGET, read_onnx_metadata
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.runner import Detector, Runner
 from retinaedge.runtime.spec import DetectorSpec

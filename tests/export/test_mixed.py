@@ -1,8 +1,9 @@
 """``--mixed auto``: sensitivity finds a deliberately broken unit, the greedy search stops at the first passing set,
 and the mixed file carries ``retinaedge.keep_high`` and passes the lint.
 
-The broken model is the tiny model with two 1x1 convs appended to ``p3`` (whose level holds most detections): one copies the 8 channels into 16 and
-adds a constant 10,000 channel (an outlier channel), the next reads the copies back and ignores the outlier. The
+The broken model is the tiny model with two 1x1 convs appended to ``p3`` (whose level holds most detections): one
+copies the 8 channels into 16 and adds a constant 10,000 channel (an outlier channel), the next reads the copies
+back and ignores the outlier. The
 FP32 function is unchanged (the pseudo ground truth still fits), but the per-tensor INT8 activation scale at the
 second conv's input is set by the outlier, so every real value rounds to zero: that unit alone breaks INT8.
 (ModelOpt leaves 8-in/8-out convs unquantised, so the broken unit has 16 input channels.)
@@ -115,7 +116,7 @@ def test_sensitivity_ranks_the_broken_unit_first(mixed_export: Any) -> None:
 
 def test_search_keeps_the_fewest_and_writes_keep_high(mixed_export: Any) -> None:
     from retinaedge.export.lint import lint_onnx
-    from retinaedge.runtime.models import META_KEEP_HIGH, metadata_of
+    from retinaedge.runtime.onnxinfo import META_KEEP_HIGH, metadata_of
     from retinaedge.runtime.ort_runner import OrtRunner
 
     result, _ = mixed_export

@@ -1,4 +1,4 @@
-"""`load_runner` dispatch by suffix, ONNX metadata and spec lookup."""
+"""`load_runner` dispatch by suffix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retinaedge.runtime import models
-from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.ort_runner import OrtRunner
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
 
@@ -33,38 +33,6 @@ def write_onnx(path, metadata=None):
         model.metadata_props.add(key=k, value=v)
     onnx.save(model, str(path))
     return path
-
-
-def test_read_onnx_metadata(tmp_path):
-    spec = make_spec()
-    meta = {"retinaedge.spec": spec.to_json(), "retinaedge.precision": "fp16", "retinaedge.nms": "onnx",
-            "retinaedge.target": "tensorrt"}
-    p = write_onnx(tmp_path / "m.onnx", meta)
-    assert models.read_onnx_metadata(p) == meta
-    assert models.read_onnx_metadata(write_onnx(tmp_path / "plain.onnx")) == {}
-    assert models.spec_for_onnx(p) == spec
-
-
-def test_spec_lookup_falls_back_to_spec_json_and_names_both_sources(tmp_path):
-    p = write_onnx(tmp_path / "m.onnx")
-    with pytest.raises(ModelError, match=r"no 'retinaedge\.spec' metadata and no spec\.json"):
-        models.spec_for_onnx(p)
-    spec = make_spec(category_ids=(4, 8))
-    spec.save(tmp_path / "spec.json")
-    assert models.spec_for_onnx(p) == spec
-    bad = write_onnx(tmp_path / "bad.onnx", {"retinaedge.spec": '{"class_names": []}'})
-    with pytest.raises(ModelError, match="not a valid spec"):
-        models.spec_for_onnx(bad)
-
-
-def test_missing_and_corrupt_onnx(tmp_path):
-    with pytest.raises(ModelError, match="does not exist"):
-        models.read_onnx_metadata(tmp_path / "none.onnx")
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ModelError, match=r"junk\.onnx") as e:
-        models.read_onnx_metadata(junk)
-    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "MODEL.ONNX"])
