@@ -3,6 +3,8 @@
     python benchmarks/bench_vs_torchvision.py DATA --minutes 10 [--set KEY=VALUE ...]
     python benchmarks/bench_vs_torchvision.py glyphs --minutes 10     # a set of benchmarks/datasets.py, made here
     python benchmarks/bench_vs_torchvision.py synth --minutes 10      # the default synthetic set
+    python benchmarks/bench_vs_torchvision.py glyphs --minutes 10 --no-peer --tag fit \
+        --set fit.input_size=true --set fit.anchors=true                # ours only, a variant, its own files
 
 Runs ``retinaedge train --data DATA --config edge --time-budget M`` in a fresh process, then (one after the
 other, never side by side: 2 cores) torchvision's ``RetinaNet`` with the recipe issue 14 names: ResNet-18 FPN
@@ -42,6 +44,8 @@ def main() -> int:
     p.add_argument("data", help=f"dataset root, or one of {sorted(WRITERS)} / synth (made under benchmarks/out/)")
     p.add_argument("--minutes", type=float, default=10.0, help="training minutes per model (default 10)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="for ours")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="train only ours (a variant of ours)")
+    p.add_argument("--tag", default="", help="suffix for the run folder and the JSON (e.g. the variant's name)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     name = args.data
@@ -51,9 +55,11 @@ def main() -> int:
         data = ensure_data(OUT / "synth")
     else:
         data, name = Path(name), Path(name).name
-    ours = run_ours(data, OUT / f"vs_tv_{name}", args.minutes, "edge", args.sets)
+    tag = f"_{args.tag}" if args.tag else ""
+    ours = run_ours(data, OUT / f"vs_tv_{name}{tag}", args.minutes, "edge", args.sets)
     size = native_size(data)
-    peer = run_torchvision_peer(data, args.minutes, size=size)
+    skipped = {"name": "torchvision", "error": "not run (--no-peer)"}
+    peer = run_torchvision_peer(data, args.minutes, size=size) if args.peer else skipped
     rows = [ours, peer]
     print(f"\n{'model':<48} {'AP':>7} {'AP50':>7} {'wall s':>8} {'img/s':>7} {'steps':>6}")
     for r in rows:
@@ -68,7 +74,7 @@ def main() -> int:
         summary["AP50_ratio"] = round(ours["AP50"] / peer["AP50"], 3)
         print(f"\nours / torchvision: AP {summary['AP_ratio']:.3f}x, AP50 {summary['AP50_ratio']:.3f}x "
               f"(goal: both >= 1, AP >= 1.1)")
-    out = OUT / f"vs_torchvision_{name}.json"
+    out = OUT / f"vs_torchvision_{name}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out}")
