@@ -18,6 +18,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ from retinaedge.train.distributed import (
 from retinaedge.train.evaluate import evaluate, split_paths
 from retinaedge.train.fit import fit_config
 
-__all__ = ["NonFiniteLossError", "Trainer", "lr_factor", "plot_curves", "train"]
+__all__ = ["NonFiniteLossError", "Stop", "Trainer", "lr_factor", "plot_curves", "train"]
 
 LAST = "ckpt_last.pt"
 BEST = "ckpt_best.pt"
@@ -104,7 +106,7 @@ def lr_factor(optim: OptimConfig, step: int, progress: float) -> float:
     return warm * decay
 
 
-class _LowRes:
+class _ProgressivePhase:
     """The low-resolution phase of progressive resizing: a spec, a loss and a batch resize for a smaller input."""
 
     def __init__(self, spec: DetectorSpec, loss: Any) -> None:
@@ -112,7 +114,7 @@ class _LowRes:
         self.loss = loss
 
     @classmethod
-    def make(cls, spec: DetectorSpec, cfg: TrainConfig, *, base_loss: Any) -> _LowRes:
+    def make(cls, spec: DetectorSpec, cfg: TrainConfig, *, base_loss: Any) -> _ProgressivePhase:
         import dataclasses
 
         from retinaedge.train.losses import RetinaNetLoss
@@ -427,293 +429,15 @@ class Trainer:
             ctx.close()
 
     def _run(self, ctx: DistContext) -> dict[str, Any]:
-        from retinaedge.train.data.coco import CocoDetection, read_categories
-        from retinaedge.train.losses import RetinaNetLoss
-        from retinaedge.train.model import build_model
-
-        names, cat_ids = read_categories(self.train_ann)
-        cfg, fit_report = fit_config(self.config, self.train_ann, names, cat_ids)
-
-        def prepare() -> dict[str, Any] | None:  # rank 0 owns the run directory; the others get its checkpoint
-            ensure_writable_dir(self.out)
-            self._check_out()
-            return self._load_resume(cfg) if self.resume and (self.out / LAST).is_file() else None
-
-        ckpt = ctx.on_main(prepare, what="resume checkpoint broadcast")
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-        random.seed(cfg.seed)
-        device = ctx.device
-        amp_dtype = autocast_dtype(device, cfg.amp)
-        use_amp = amp_dtype is torch.float16  # the GradScaler is for fp16 only; bf16 has fp32's exponent range
-
-        spec = make_spec(cfg, names, cat_ids)
-        old_spec = DetectorSpec.from_dict(ckpt["spec"]) if ckpt is not None else spec
-        if old_spec != spec:
-            raise InputError(
-                f"--resume: the dataset's classes {list(spec.class_names)} / ids {list(spec.category_ids)} differ "
-                f"from the checkpoint's {list(old_spec.class_names)} / {list(old_spec.category_ids)}"
-            )
-        if ctx.is_main:
-            spec.save(self.out / "spec.json")
-            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
-            if fit_report is not None:
-                fit_report.write(self.out, spec)
-
-        msgs: list[str] = []
-        train_ds = CocoDetection(ann_file=self.train_ann, image_dir=self.train_images, spec=spec, train=True,
-                                 augment=cfg.data.augment, log=msgs.append)
-        val_ds = CocoDetection(ann_file=self.val_ann, image_dir=self.val_images, spec=spec, train=False,
-                               log=msgs.append)
-        model = self._model if self._model is not None else build_model(spec, cfg.model)
-        model.to(device)
-        channels_last = bool(getattr(cfg.model, "channels_last", False))
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        lc = cfg.loss
-        loss_fn = self._loss_fn or RetinaNetLoss(
-            spec=spec, alpha=lc.alpha, gamma=lc.gamma, box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta,
-            fg_iou=lc.fg_iou, bg_iou=lc.bg_iou, allow_low_quality=lc.allow_low_quality, box_weight=lc.box_weight,
-        )
-        low = _LowRes.make(spec, cfg, base_loss=loss_fn) if cfg.data.progressive_size else None
-        optimizer = build_optimizer(model, cfg.optim)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-        def loader_for(epoch: int) -> Any:  # this rank's share; the global order is a function of (seed, epoch)
-            return distributed_loader(train_ds, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
-                                      seed=cfg.seed * 100003, epoch=epoch, ctx=ctx)
-
-        batches_per_epoch = len(loader_for(0))
-        if batches_per_epoch == 0:
-            raise InputError(f"the training set {str(self.train_ann)!r} yields no batches; it has no usable images")
-        accumulate = cfg.optim.accumulate
-        steps_per_epoch = -(-batches_per_epoch // accumulate)  # a short last window still makes a step
-        budget_s = cfg.time_budget_min * 60.0
-        total_steps = cfg.epochs * steps_per_epoch  # without a budget; with one, epochs do not end the run
-
-        epoch = step = batch_in_epoch = 0
-        elapsed0 = 0.0
-        best_ap = -1.0
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch"]
-            batch_in_epoch = resume_batch(batch_in_epoch, old_world=int(ckpt.get("world_size", 1)),
-                                          old_batch_size=int(ckpt["config"]["data"]["batch_size"]),
-                                          world=ctx.world_size, batch_size=cfg.data.batch_size)
-            elapsed0, best_ap = float(ckpt["elapsed_s"]), float(ckpt["best_ap"])
-            set_rng_state(ckpt["rng"])
-            if ctx.is_main:
-                self._truncate_log(step)
-        elif ctx.is_main and (self.out / LOG).exists():
-            (self.out / LOG).unlink()
-        train_model = wrap_model(model, ctx, sync_bn=cfg.distributed.sync_bn)  # DDP; `model` stays the plain one
-        gloss = GlobalLoss(ctx, accumulate=accumulate)
-
-        stop_flag = threading.Event()
-        t_start = time.perf_counter()
-        elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
-        log_f = open(self.out / LOG if ctx.is_main else os.devnull, "a", buffering=1)  # noqa: SIM115 - closed in finally
-        last_eval_step = -1
-        final: dict[str, Any] = {}
-        train_time = 0.0
-        images_seen = 0
-        stop_reason = ""
-        ended_by = ""
-
-        def write(rec: Mapping[str, Any]) -> None:
-            log_f.write(json.dumps(rec) + "\n")
-
-        def state_payload(rng: Mapping[str, Any]) -> dict[str, Any]:
-            return {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else {},
-                "config": config_to_dict(cfg), "spec": spec.to_dict(),
-                "epoch": epoch, "step": step, "batch": batch_in_epoch,
-                "elapsed_s": elapsed(), "best_ap": best_ap, "rng": rng, "world_size": ctx.world_size,
-            }
-
-        def do_eval() -> dict[str, Any]:
-            nonlocal best_ap, last_eval_step
-            if not ctx.is_main:  # rank 0 evaluates and saves meanwhile
-                last_eval_step = step
-                ctx.barrier("waiting for rank 0's evaluation and checkpoint")
-                return {"evaluated_by_rank": 0}
-            rng = get_rng_state()  # the resume point: captured before evaluation touches anything
-            t0 = time.perf_counter()
-            with _rng_preserved():
-                metrics = evaluate(model, val_ds, spec, batch_size=cfg.eval_batch_size, device=device)
-            model.train()
-            last_eval_step = step
-            rep.message(f"eval  epoch {epoch} step {step}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
-                        f"AP75 {metrics['AP75']:.4f}  ({time.perf_counter() - t0:.1f}s)")
-            write({"type": "eval", "epoch": epoch, "step": step, "elapsed_s": round(elapsed(), 2),
-                   **{k: v for k, v in metrics.items() if k != "pr_curves"}})
-            improved = metrics["AP"] > best_ap
-            if improved:
-                best_ap = float(metrics["AP"])
-            payload = state_payload(rng)
-            save_checkpoint(self.out / LAST, payload)
-            if improved:  # for export/eval: weights, config, spec; no optimiser state
-                save_checkpoint(self.out / BEST, {**payload, "optimizer": {}, "scaler": {}})
-            plot_curves(self.out / LOG, self.out / "loss.png")
-            ctx.barrier("rank 0 releasing the others after evaluation")
-            return metrics
-
-        rep = _Reporter(total=None if budget_s else total_steps, log=self.log if ctx.is_main else (lambda _: None),
-                        live=self.progress if ctx.is_main else False)
+        run = _Run(self, ctx)
         try:
-            with rep, _signals_stop(stop_flag):
-                if self.resume and ckpt is None:
-                    rep.message(f"--resume: no {LAST} in {self.out} (killed before the first epoch ended?); "
-                                "starting from scratch")
-                if ckpt is not None:
-                    rep.message(f"resumed from {self.out / LAST}: epoch {epoch} step {step}"
-                                + (f"; changed {ckpt['_changed']}" if ckpt["_changed"] else ""))
-                for m in msgs:  # the datasets' summary lines: images, boxes, skip counts
-                    rep.message(m)
-                for m in fit_report.notes if fit_report is not None else ():
-                    rep.message(f"fit: {m}")
-                for name, ds in (("train", train_ds), ("val", val_ds)):
-                    write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
-                rep.message(f"training on {device} ({torch.get_num_threads()} threads"
-                            + (f", {str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else ", fp32)")
-                            + (f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else "")
-                            + f": {steps_per_epoch} steps/epoch"
-                            + (f" until the budget of {cfg.time_budget_min:g} min is spent" if budget_s
-                               else f" x {cfg.epochs} epochs")
-                            + (f", {accumulate} micro-batches per step" if accumulate > 1 else "")
-                            + (f"; the first {cfg.data.progressive_fraction:.0%} at {low.spec.input_height}x"
-                               f"{low.spec.input_width} (progressive resizing)" if low is not None else ""))
-                model.train()
-                _, agreed_elapsed = ctx.agree_stop(0, elapsed())  # the budget clock every rank's lr uses
-                micro = 0  # micro-batches done in the current optimiser step
-                if ckpt is not None and budget_s and agreed_elapsed >= budget_s:  # resumed with its budget spent
-                    stop_reason = f"time budget of {cfg.time_budget_min:g} min already used"
-                last_eval_s = agreed_elapsed
-                while (budget_s or epoch < cfg.epochs) and not stop_reason:
-                    it = iter(loader_for(epoch))
-                    for _ in range(batch_in_epoch):  # resume mid-epoch: replay the same order, skip done batches
-                        next(it)
-                    # img/s over the logging window, data loading included, evaluation excluded
-                    t_prev, win_s, win_n = time.perf_counter(), 0.0, 0
-                    for images, targets in it:
-                        if micro == 0:  # a new optimiser step: `accumulate` micro-batches (fewer at the epoch end)
-                            if budget_s:  # the schedule spans the budget, however many epochs that is
-                                progress = (agreed_elapsed if ctx.is_distributed else elapsed()) / budget_s
-                            else:
-                                progress = step / total_steps
-                            lr = cfg.optim.lr * lr_factor(cfg.optim, step, progress)
-                            step_low = low if low is not None and progress < cfg.data.progressive_fraction else None
-                            for g in optimizer.param_groups:
-                                g["lr"] = lr
-                            optimizer.zero_grad(set_to_none=True)
-                        micro += 1
-                        batch_in_epoch += 1
-                        sync = micro == accumulate or batch_in_epoch >= batches_per_epoch
-                        images = images.to(device, non_blocking=True)
-                        if channels_last:
-                            images = images.contiguous(memory_format=torch.channels_last)
-                        tg = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-                        if step_low is not None:
-                            images, tg = step_low.resize(images, tg)
-                        with ctx.maybe_no_sync(train_model, sync=sync):  # DDP all-reduces on the step's last one
-                            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                                enabled=amp_dtype is not None):
-                                outputs = train_model(images)
-                                losses = (step_low.loss if step_low is not None else loss_fn)(outputs, tg)
-                            # normalised by the positives of the whole step on all ranks; global value to check
-                            loss, global_loss = gloss.add(losses)
-                            if not math.isfinite(global_loss):
-                                ids = [int(i) for i in targets["image_ids"]]
-                                raise NonFiniteLossError(
-                                    f"loss is {global_loss} at step {step + 1} (epoch {epoch}), "
-                                    f"batch image ids {ids}" + (f" on rank {ctx.rank}" if ctx.is_distributed else "")
-                                    + f"; lower optim.lr (now {lr:.3g}) or set optim.clip_grad_norm"
-                                )
-                            scaler.scale(loss).backward()
-                        n = images.shape[0] * ctx.world_size
-                        images_seen += n
-                        win_n += n
-                        if not sync:
-                            continue
-                        micro = 0
-                        vals = gloss.finish(model.parameters())  # gradients of the step's global loss
-                        if cfg.optim.clip_grad_norm > 0:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        step += 1
-                        now = time.perf_counter()
-                        win_s += now - t_prev
-                        train_time += now - t_prev
-                        t_prev = now
-                        logged = step % cfg.log_every == 0 or step == 1
-                        if logged or rep.live:
-                            ips = win_n / max(win_s, 1e-9)
-                            per_step = cfg.data.batch_size * accumulate * ctx.world_size
-                            if budget_s:
-                                remaining = budget_s - elapsed()
-                            else:
-                                remaining = (total_steps - step) * per_step / max(ips, 1e-9)
-                            rep.update(step=step, epoch=f"{epoch + 1}" if budget_s else f"{epoch + 1}/{cfg.epochs}",
-                                       loss=vals["loss"], lr=lr,
-                                       ips=ips, eta=remaining, line=logged)
-                            if logged:
-                                write({"type": "step", "epoch": epoch, "step": step, "lr": lr,
-                                       **{k: round(v, 6) for k, v in vals.items()},
-                                       "img_s": round(ips, 2), "elapsed_s": round(elapsed(), 2)})
-                                win_s, win_n = 0.0, 0
-                        code = 0
-                        if budget_s and elapsed() >= budget_s:
-                            code = 1
-                        elif self.stop_after_steps is not None and step >= self.stop_after_steps:
-                            code = 2
-                        elif stop_flag.is_set():
-                            code = 3
-                        code, agreed_elapsed = ctx.agree_stop(code, elapsed())  # every rank stops together
-                        stop_reason = ("", f"time budget of {cfg.time_budget_min:g} min reached",
-                                       f"stopped after {step} steps", "interrupted (SIGINT/SIGTERM)")[code]
-                        if stop_reason:
-                            break
-                    if batch_in_epoch >= batches_per_epoch:
-                        epoch += 1
-                        batch_in_epoch = 0
-                        due = bool(cfg.eval_every and epoch % cfg.eval_every == 0)
-                        if budget_s:  # evaluations spaced by a quarter of the budget; the last one follows the stop
-                            _, now_s = ctx.agree_stop(0, elapsed())
-                            due = due and now_s - last_eval_s >= budget_s / 4
-                        if due or (not budget_s and epoch == cfg.epochs):
-                            final = do_eval()
-                            _, last_eval_s = ctx.agree_stop(0, elapsed())
-                        elif ctx.is_main:
-                            save_checkpoint(self.out / LAST, state_payload(get_rng_state()))
-                ended_by = stop_reason or f"planned {cfg.epochs} epochs done"
-                rep.message(f"stopped: {ended_by} at epoch {epoch} step {step}"
-                            + ("" if last_eval_step == step and final else "; evaluating and saving"))
-                if last_eval_step != step or not final:
-                    final = do_eval()
-                skips = train_ds.skip_counts
-                if any(skips.values()):  # corrupt images are only found while loading
-                    rep.message(f"train: skipped/fixed {({k: v for k, v in skips.items() if v})}")
-                write({"type": "data", "split": "train", "images": len(train_ds.image_ids), "skipped": skips,
-                       "at": "end"})
+            with run.reporter, _signals_stop(run.stop_flag):
+                run.announce()
+                run.train()
+                run.finish()
         finally:
-            log_f.close()
-        summary = {
-            "epoch": epoch, "step": step, "stopped": stop_reason or None, "ended_by": ended_by, "best_AP": best_ap,
-            "wall_time_s": round(elapsed(), 2), "train_time_s": round(train_time, 2),
-            "train_img_per_s": round(images_seen / train_time, 2) if train_time else None,
-        }
-        result = {**{k: v for k, v in final.items() if k != "pr_curves"}, **summary}
-        if ctx.is_main:
-            atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
-        return ctx.broadcast_object(result, what="final metrics broadcast")
+            run.close()
+        return run.summary()
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint (a killed run may have logged past it)."""
@@ -729,6 +453,406 @@ class Trainer:
             if rec.get("step", 0) <= step:
                 keep.append(line)
         atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+class Stop(enum.IntEnum):
+    """Why a run stops before its plan ends; every rank takes the largest (`DistContext.agree_stop`)."""
+
+    NONE = 0
+    BUDGET = 1
+    STEPS = 2
+    SIGNAL = 3
+
+    def reason(self, cfg: TrainConfig, step: int) -> str:
+        """The words the summary and ``metrics.json``'s ``stopped`` use."""
+        return ("", f"time budget of {cfg.time_budget_min:g} min reached", f"stopped after {step} steps",
+                "interrupted (SIGINT/SIGTERM)")[self]
+
+
+@dataclass
+class _RunState:
+    """Where a run is. The first five fields are what a checkpoint saves and a resume restores; the rest are this
+    process's counters for the summary and the evaluation spacing."""
+
+    epoch: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+    elapsed0: float = 0.0  # training time before this process (from the checkpoint)
+    best_ap: float = -1.0
+    t_start: float = 0.0
+    agreed_elapsed: float = 0.0  # the budget clock every rank's lr uses
+    last_eval_s: float = 0.0
+    last_eval_step: int = -1
+    train_time: float = 0.0
+    images_seen: int = 0
+    stop_reason: str = ""
+    ended_by: str = ""
+    final: dict[str, Any] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t_start
+
+
+class _Run:
+    """One run of a `Trainer`: the parts, set up once, and a `_RunState`, with the loop's pieces as methods
+    (set-up and resume in ``__init__``, `train` -> `_train_epoch` -> `_micro_batch` / `_log_step` /
+    `_stop_decision`, `_end_epoch` and `_evaluate_and_checkpoint`), the way detectron2's ``run_step`` reads.
+    """
+
+    def __init__(self, trainer: Trainer, ctx: DistContext) -> None:
+        from retinaedge.train.data.coco import CocoDetection, read_categories
+        from retinaedge.train.losses import RetinaNetLoss
+        from retinaedge.train.model import build_model
+
+        self.trainer, self.ctx, self.out = trainer, ctx, trainer.out
+        names, cat_ids = read_categories(trainer.train_ann)
+        cfg, self.fit_report = fit_config(trainer.config, trainer.train_ann, names, cat_ids)
+        self.cfg = cfg
+
+        def prepare() -> dict[str, Any] | None:  # rank 0 owns the run directory; the others get its checkpoint
+            ensure_writable_dir(self.out)
+            trainer._check_out()
+            return trainer._load_resume(cfg) if trainer.resume and (self.out / LAST).is_file() else None
+
+        self.ckpt = ckpt = ctx.on_main(prepare, what="resume checkpoint broadcast")
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        self.device = ctx.device
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        self.use_amp = self.amp_dtype is torch.float16  # the GradScaler is for fp16 only; bf16 has fp32's range
+
+        self.spec = spec = make_spec(cfg, names, cat_ids)
+        old_spec = DetectorSpec.from_dict(ckpt["spec"]) if ckpt is not None else spec
+        if old_spec != spec:
+            raise InputError(
+                f"--resume: the dataset's classes {list(spec.class_names)} / ids {list(spec.category_ids)} differ "
+                f"from the checkpoint's {list(old_spec.class_names)} / {list(old_spec.category_ids)}"
+            )
+        if ctx.is_main:
+            spec.save(self.out / "spec.json")
+            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+            if self.fit_report is not None:
+                self.fit_report.write(self.out, spec)
+
+        self.messages: list[str] = []
+        self.train_ds = CocoDetection(ann_file=trainer.train_ann, image_dir=trainer.train_images, spec=spec,
+                                      train=True, augment=cfg.data.augment, log=self.messages.append)
+        self.val_ds = CocoDetection(ann_file=trainer.val_ann, image_dir=trainer.val_images, spec=spec, train=False,
+                                    log=self.messages.append)
+        self.model = model = trainer._model if trainer._model is not None else build_model(spec, cfg.model)
+        model.to(self.device)
+        self.channels_last = bool(getattr(cfg.model, "channels_last", False))
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        lc = cfg.loss
+        self.loss_fn = trainer._loss_fn or RetinaNetLoss(
+            spec=spec, alpha=lc.alpha, gamma=lc.gamma, box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta,
+            fg_iou=lc.fg_iou, bg_iou=lc.bg_iou, allow_low_quality=lc.allow_low_quality, box_weight=lc.box_weight,
+        )
+        self.low = _ProgressivePhase.make(spec, cfg, base_loss=self.loss_fn) if cfg.data.progressive_size else None
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        self.batches_per_epoch = len(self._loader(0))
+        if self.batches_per_epoch == 0:
+            raise InputError(f"the training set {str(trainer.train_ann)!r} yields no batches; it has no usable images")
+        self.steps_per_epoch = -(-self.batches_per_epoch // cfg.optim.accumulate)  # a short last window steps too
+        self.budget_s = cfg.time_budget_min * 60.0
+        self.total_steps = cfg.epochs * self.steps_per_epoch  # without a budget; with one, epochs do not end it
+
+        self.state = s = _RunState()
+        if ckpt is not None:
+            self._restore(ckpt)
+        elif ctx.is_main and (self.out / LOG).exists():
+            (self.out / LOG).unlink()
+        self.train_model = wrap_model(model, ctx, sync_bn=cfg.distributed.sync_bn)  # DDP; `model` stays plain
+        self.step_loss = GlobalLoss(ctx, accumulate=cfg.optim.accumulate)
+        self.stop_flag = threading.Event()
+        s.t_start = time.perf_counter()
+        self._log_file = open(self.out / LOG if ctx.is_main else os.devnull, "a", buffering=1)  # noqa: SIM115 - close()
+        self.reporter = _Reporter(total=None if self.budget_s else self.total_steps,
+                                  log=trainer.log if ctx.is_main else (lambda _: None),
+                                  live=trainer.progress if ctx.is_main else False)
+        # the optimiser step in progress: micro-batches done, its lr and its progressive phase (None: full size)
+        self.micro = 0
+        self.lr = 0.0
+        self.step_low: _ProgressivePhase | None = None
+        # img/s over the logging window, data loading included, evaluation excluded
+        self.t_prev, self.window_s, self.window_images = 0.0, 0.0, 0
+
+    def _loader(self, epoch: int) -> Any:  # this rank's share; the global order is a function of (seed, epoch)
+        cfg = self.cfg
+        return distributed_loader(self.train_ds, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
+                                  seed=cfg.seed * 100003, epoch=epoch, ctx=self.ctx)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Weights, optimiser, scaler, position, clock, best AP and every RNG state from a checkpoint."""
+        s, ctx = self.state, self.ctx
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        s.epoch, s.step = ckpt["epoch"], ckpt["step"]
+        s.batch_in_epoch = resume_batch(ckpt["batch"], old_world=int(ckpt.get("world_size", 1)),
+                                        old_batch_size=int(ckpt["config"]["data"]["batch_size"]),
+                                        world=ctx.world_size, batch_size=self.cfg.data.batch_size)
+        s.elapsed0, s.best_ap = float(ckpt["elapsed_s"]), float(ckpt["best_ap"])
+        set_rng_state(ckpt["rng"])
+        if ctx.is_main:
+            self.trainer._truncate_log(s.step)
+
+    # -- what the run prints and writes ---------------------------------------------------------------
+    def _write(self, rec: Mapping[str, Any]) -> None:
+        self._log_file.write(json.dumps(rec) + "\n")
+
+    def announce(self) -> None:
+        """The run's opening lines: resume, the datasets, the fit, the device and the plan."""
+        rep, cfg, ckpt, s, low = self.reporter, self.cfg, self.ckpt, self.state, self.low
+        if self.trainer.resume and ckpt is None:
+            rep.message(f"--resume: no {LAST} in {self.out} (killed before the first epoch ended?); "
+                        "starting from scratch")
+        if ckpt is not None:
+            rep.message(f"resumed from {self.out / LAST}: epoch {s.epoch} step {s.step}"
+                        + (f"; changed {ckpt['_changed']}" if ckpt["_changed"] else ""))
+        for m in self.messages:  # the datasets' summary lines: images, boxes, skip counts
+            rep.message(m)
+        for m in self.fit_report.notes if self.fit_report is not None else ():
+            rep.message(f"fit: {m}")
+        for name, ds in (("train", self.train_ds), ("val", self.val_ds)):
+            self._write({"type": "data", "split": name, "images": len(ds.image_ids), "skipped": ds.skip_counts})
+        ctx, accumulate = self.ctx, cfg.optim.accumulate
+        rep.message(f"training on {self.device} ({torch.get_num_threads()} threads"
+                    + (f", {str(self.amp_dtype).removeprefix('torch.')} autocast)" if self.amp_dtype else ", fp32)")
+                    + (f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else "")
+                    + f": {self.steps_per_epoch} steps/epoch"
+                    + (f" until the budget of {cfg.time_budget_min:g} min is spent" if self.budget_s
+                       else f" x {cfg.epochs} epochs")
+                    + (f", {accumulate} micro-batches per step" if accumulate > 1 else "")
+                    + (f"; the first {cfg.data.progressive_fraction:.0%} at {low.spec.input_height}x"
+                       f"{low.spec.input_width} (progressive resizing)" if low is not None else ""))
+
+    def _checkpoint_payload(self, rng: Mapping[str, Any]) -> dict[str, Any]:
+        s = self.state
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_amp else {},
+            "config": config_to_dict(self.cfg), "spec": self.spec.to_dict(),
+            "epoch": s.epoch, "step": s.step, "batch": s.batch_in_epoch,
+            "elapsed_s": s.elapsed(), "best_ap": s.best_ap, "rng": rng, "world_size": self.ctx.world_size,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Epochs until the budget is spent (with one) or the planned epochs are done, or a `Stop`."""
+        s, cfg = self.state, self.cfg
+        self.model.train()
+        _, s.agreed_elapsed = self.ctx.agree_stop(0, s.elapsed())
+        if self.ckpt is not None and self.budget_s and s.agreed_elapsed >= self.budget_s:  # resumed, budget spent
+            s.stop_reason = f"time budget of {cfg.time_budget_min:g} min already used"
+        s.last_eval_s = s.agreed_elapsed
+        while (self.budget_s or s.epoch < cfg.epochs) and not s.stop_reason:
+            self._train_epoch()
+            if s.batch_in_epoch >= self.batches_per_epoch:
+                self._end_epoch()
+
+    def _train_epoch(self) -> None:
+        """The rest of the current epoch (all of it unless resumed mid-epoch), until a `Stop`."""
+        s = self.state
+        it = iter(self._loader(s.epoch))
+        for _ in range(s.batch_in_epoch):  # resume mid-epoch: replay the same order, skip the batches done
+            next(it)
+        self.t_prev, self.window_s, self.window_images = time.perf_counter(), 0.0, 0
+        for images, targets in it:
+            values = self._micro_batch(images, targets)
+            if values is None:  # the optimiser step needs more micro-batches
+                continue
+            self._log_step(values)
+            stop = self._stop_decision()
+            if stop is not Stop.NONE:
+                s.stop_reason = stop.reason(self.cfg, s.step)
+                return
+
+    def _begin_step(self) -> None:
+        """A new optimiser step: its lr (the schedule spans the budget when there is one) and resolution phase."""
+        s, cfg = self.state, self.cfg
+        if self.budget_s:
+            progress = (s.agreed_elapsed if self.ctx.is_distributed else s.elapsed()) / self.budget_s
+        else:
+            progress = s.step / self.total_steps
+        self.lr = cfg.optim.lr * lr_factor(cfg.optim, s.step, progress)
+        low = self.low
+        self.step_low = low if low is not None and progress < cfg.data.progressive_fraction else None
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _micro_batch(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, float] | None:
+        """Forward and backward of one micro-batch; after the step's last one (``optim.accumulate``, fewer at the
+        epoch end), the optimiser step. Returns that step's loss values, or None while the step is open.
+
+        Raises:
+            NonFiniteLossError: the step's global loss is NaN/inf (names the step and the batch's image ids).
+        """
+        s, cfg, ctx = self.state, self.cfg, self.ctx
+        if self.micro == 0:
+            self._begin_step()
+        self.micro += 1
+        s.batch_in_epoch += 1
+        sync = self.micro == cfg.optim.accumulate or s.batch_in_epoch >= self.batches_per_epoch
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch_targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+        low = self.step_low
+        if low is not None:
+            images, batch_targets = low.resize(images, batch_targets)
+        with ctx.maybe_no_sync(self.train_model, sync=sync):  # DDP all-reduces on the step's last micro-batch
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                outputs = self.train_model(images)
+                losses = (low.loss if low is not None else self.loss_fn)(outputs, batch_targets)
+            # normalised by the positives of the whole step on all ranks; the global value is the one to check
+            loss, global_loss = self.step_loss.add(losses)
+            if not math.isfinite(global_loss):
+                ids = [int(i) for i in targets["image_ids"]]
+                raise NonFiniteLossError(
+                    f"loss is {global_loss} at step {s.step + 1} (epoch {s.epoch}), batch image ids {ids}"
+                    + (f" on rank {ctx.rank}" if ctx.is_distributed else "")
+                    + f"; lower optim.lr (now {self.lr:.3g}) or set optim.clip_grad_norm"
+                )
+            self.scaler.scale(loss).backward()
+        n = images.shape[0] * ctx.world_size
+        s.images_seen += n
+        self.window_images += n
+        if not sync:
+            return None
+        self.micro = 0
+        values = self.step_loss.finish(self.model.parameters())  # gradients of the step's global loss
+        if cfg.optim.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        s.step += 1
+        return values
+
+    def _log_step(self, values: Mapping[str, float]) -> None:
+        """The progress bar every step (when live), a log line and a JSONL record every ``log_every`` steps."""
+        s, cfg, rep = self.state, self.cfg, self.reporter
+        now = time.perf_counter()
+        self.window_s += now - self.t_prev
+        s.train_time += now - self.t_prev
+        self.t_prev = now
+        logged = s.step % cfg.log_every == 0 or s.step == 1
+        if not (logged or rep.live):
+            return
+        ips = self.window_images / max(self.window_s, 1e-9)
+        if self.budget_s:
+            remaining = self.budget_s - s.elapsed()
+        else:
+            per_step = cfg.data.batch_size * cfg.optim.accumulate * self.ctx.world_size
+            remaining = (self.total_steps - s.step) * per_step / max(ips, 1e-9)
+        rep.update(step=s.step, epoch=f"{s.epoch + 1}" if self.budget_s else f"{s.epoch + 1}/{cfg.epochs}",
+                   loss=values["loss"], lr=self.lr, ips=ips, eta=remaining, line=logged)
+        if logged:
+            self._write({"type": "step", "epoch": s.epoch, "step": s.step, "lr": self.lr,
+                         **{k: round(v, 6) for k, v in values.items()},
+                         "img_s": round(ips, 2), "elapsed_s": round(s.elapsed(), 2)})
+            self.window_s, self.window_images = 0.0, 0
+
+    def _stop_decision(self) -> Stop:
+        """After each optimiser step: the budget, ``stop_after_steps`` or a signal; the same on every rank."""
+        s, budget_s, stop_after = self.state, self.budget_s, self.trainer.stop_after_steps
+        stop = Stop.NONE
+        if budget_s and s.elapsed() >= budget_s:
+            stop = Stop.BUDGET
+        elif stop_after is not None and s.step >= stop_after:
+            stop = Stop.STEPS
+        elif self.stop_flag.is_set():
+            stop = Stop.SIGNAL
+        code, s.agreed_elapsed = self.ctx.agree_stop(int(stop), s.elapsed())  # every rank stops together
+        return Stop(code)
+
+    def _end_epoch(self) -> None:
+        """Evaluate and checkpoint when due (every ``eval_every`` epochs; with a budget, no closer than a quarter
+        of it, the last evaluation follows the stop), else save the resume point."""
+        s, cfg, ctx = self.state, self.cfg, self.ctx
+        s.epoch += 1
+        s.batch_in_epoch = 0
+        due = bool(cfg.eval_every and s.epoch % cfg.eval_every == 0)
+        if self.budget_s:
+            _, now_s = ctx.agree_stop(0, s.elapsed())
+            due = due and now_s - s.last_eval_s >= self.budget_s / 4
+        if due or (not self.budget_s and s.epoch == cfg.epochs):
+            s.final = self._evaluate_and_checkpoint()
+            _, s.last_eval_s = ctx.agree_stop(0, s.elapsed())
+        elif ctx.is_main:
+            save_checkpoint(self.out / LAST, self._checkpoint_payload(get_rng_state()))
+
+    def _evaluate_and_checkpoint(self) -> dict[str, Any]:
+        """COCO-evaluate on the val split, log it, save ``ckpt_last.pt`` (and ``ckpt_best.pt`` when the AP is the
+        best so far) and the curves. Rank 0 does it; the others wait at a barrier."""
+        s, ctx, out = self.state, self.ctx, self.out
+        if not ctx.is_main:
+            s.last_eval_step = s.step
+            ctx.barrier("waiting for rank 0's evaluation and checkpoint")
+            return {"evaluated_by_rank": 0}
+        rng = get_rng_state()  # the resume point: captured before evaluation touches anything
+        t0 = time.perf_counter()
+        with _rng_preserved():
+            metrics = evaluate(self.model, self.val_ds, self.spec, batch_size=self.cfg.eval_batch_size,
+                               device=self.device)
+        self.model.train()
+        s.last_eval_step = s.step
+        self.reporter.message(f"eval  epoch {s.epoch} step {s.step}: AP {metrics['AP']:.4f}  "
+                              f"AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
+                              f"({time.perf_counter() - t0:.1f}s)")
+        self._write({"type": "eval", "epoch": s.epoch, "step": s.step, "elapsed_s": round(s.elapsed(), 2),
+                     **{k: v for k, v in metrics.items() if k != "pr_curves"}})
+        improved = metrics["AP"] > s.best_ap
+        if improved:
+            s.best_ap = float(metrics["AP"])
+        payload = self._checkpoint_payload(rng)
+        save_checkpoint(out / LAST, payload)
+        if improved:  # for export/eval: weights, config, spec; no optimiser state
+            save_checkpoint(out / BEST, {**payload, "optimizer": {}, "scaler": {}})
+        plot_curves(out / LOG, out / "loss.png")
+        ctx.barrier("rank 0 releasing the others after evaluation")
+        return metrics
+
+    def finish(self) -> None:
+        """Say what ended the run; the final evaluation and checkpoint unless the last epoch end just did them."""
+        s, rep = self.state, self.reporter
+        s.ended_by = s.stop_reason or f"planned {self.cfg.epochs} epochs done"
+        fresh = s.last_eval_step == s.step and bool(s.final)
+        rep.message(f"stopped: {s.ended_by} at epoch {s.epoch} step {s.step}"
+                    + ("" if fresh else "; evaluating and saving"))
+        if not fresh:
+            s.final = self._evaluate_and_checkpoint()
+        skips = self.train_ds.skip_counts
+        if any(skips.values()):  # corrupt images are only found while loading
+            rep.message(f"train: skipped/fixed {({k: v for k, v in skips.items() if v})}")
+        self._write({"type": "data", "split": "train", "images": len(self.train_ds.image_ids), "skipped": skips,
+                     "at": "end"})
+
+    def close(self) -> None:
+        self._log_file.close()
+
+    def summary(self) -> dict[str, Any]:
+        """The final metrics plus the run summary, written to ``metrics.json`` by rank 0, the same on every rank."""
+        s = self.state
+        summary = {
+            "epoch": s.epoch, "step": s.step, "stopped": s.stop_reason or None, "ended_by": s.ended_by,
+            "best_AP": s.best_ap, "wall_time_s": round(s.elapsed(), 2), "train_time_s": round(s.train_time, 2),
+            "train_img_per_s": round(s.images_seen / s.train_time, 2) if s.train_time else None,
+        }
+        result = {**{k: v for k, v in s.final.items() if k != "pr_curves"}, **summary}
+        if self.ctx.is_main:
+            atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        return self.ctx.broadcast_object(result, what="final metrics broadcast")
 
 
 def train(

@@ -204,19 +204,19 @@ def test_time_budget_stops_after_the_step_then_evaluates_and_saves(data: Path, t
 
 def test_progressive_resizing_runs_the_first_fraction_at_the_smaller_input(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from retinaedge.train.trainer import _LowRes
+    from retinaedge.train.trainer import _ProgressivePhase
 
     shapes: list[tuple[int, ...]] = []
-    resize = _LowRes.resize
+    resize = _ProgressivePhase.resize
 
-    def spy(self: _LowRes, images: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
+    def spy(self: _ProgressivePhase, images: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
         small, t = resize(self, images, targets)
         shapes.append(tuple(small.shape))
         real = targets["labels"] >= 0  # boxes halve with the image, padding rows stay zero
         torch.testing.assert_close(t["boxes"][real], targets["boxes"][real] * 0.5)
         return small, t
 
-    monkeypatch.setattr(_LowRes, "resize", spy)
+    monkeypatch.setattr(_ProgressivePhase, "resize", spy)
     # 2 epochs x 3 steps: progress 0, 1/6, 2/6 are below 0.5 -> three low-resolution steps, then three at 64 px
     m = train(tiny("data.progressive_size=32", "data.progressive_fraction=0.5"), data=data, out=tmp_path / "p",
               log=_quiet, progress=False)
