@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     def note(r: BenchResult) -> str | None:
         if r.precision != "int8" or r.backend != "ort":
             return None
-        from retinaedge.runtime.onnxinfo import read_onnx_metadata
+        from retinaedge.runtime.onnxinfo import META_TARGET, read_onnx_metadata
 
-        return TRT_INT8_NOTE if read_onnx_metadata(r.model).get("retinaedge.target") == "tensorrt" else None
+        return TRT_INT8_NOTE if read_onnx_metadata(r.model).get(META_TARGET) == "tensorrt" else None
 
     for path in find_models(args.model):
         kwargs = {"threads": args.threads} if args.threads and not path.endswith(ENGINE_SUFFIXES) else {}

@@ -36,10 +36,11 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.onnxinfo import META_TARGET, PLUGIN_OP
 
 Severity = Literal["error", "warning", "info"]
 
-PLUGIN_OPS = frozenset({"EfficientNMS_TRT"})
+PLUGIN_OPS = frozenset({PLUGIN_OP})
 """TensorRT plugins the lint knows (registered by ``initLibNvInferPlugins`` from 8.x through 11.1)."""
 
 
@@ -192,7 +193,7 @@ def lint_onnx(path: str | Path | onnx.ModelProto, *, target_trt_majors: Sequence
         except (OSError, DecodeError, ValueError) as e:
             raise InputError(f"{name!r} cannot be read as ONNX ({type(e).__name__}: {e})") from None
     meta = {p.key: p.value for p in model.metadata_props}
-    target = meta.get("retinaedge.target", "tensorrt")
+    target = meta.get(META_TARGET, "tensorrt")
     findings: list[Finding] = []
     nodes = list(model.graph.node)
     names = [n.name or f"{n.op_type}#{i}" for i, n in enumerate(nodes)]
@@ -281,7 +282,7 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
 def _check_plugins(nodes: list[onnx.NodeProto], names: list[str]) -> list[Finding]:
     out: list[Finding] = []
     for n, name in zip(nodes, names, strict=True):
-        if n.op_type != "EfficientNMS_TRT":
+        if n.op_type != PLUGIN_OP:
             continue
         attrs = {a.name: a for a in n.attribute}
         for key in sorted(set(attrs) - set(_PLUGIN_ATTRS)):
@@ -399,7 +400,7 @@ def _check_scores(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: li
     producer = {o: (n, name) for n, name in zip(nodes, names, strict=True) for o in n.output}
     starts: list[tuple[str, str]] = []
     for n, name in zip(nodes, names, strict=True):
-        if n.op_type == "EfficientNMS_TRT" and len(n.input) >= 2:
+        if n.op_type == PLUGIN_OP and len(n.input) >= 2:
             starts.append((n.input[1], name))
         elif n.op_type == "Sigmoid":
             starts.append((n.input[0], name))

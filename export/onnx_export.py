@@ -27,6 +27,7 @@ import onnx
 
 from retinaedge.export.config import Exporter, check_opset
 from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.onnxinfo import META_NMS, META_PRECISION, META_SPEC, META_TARGET
 from retinaedge.runtime.spec import DetectorSpec, NmsMode
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 BATCH_DIM = "batch"
 """Name of the dynamic batch axis on every input and output."""
 
-META_SPEC = "retinaedge.spec"
-META_PRECISION = "retinaedge.precision"
-META_NMS = "retinaedge.nms"
-META_TARGET = "retinaedge.target"
 
 
 def export_onnx(
@@ -170,11 +167,6 @@ def set_metadata(
     for key, value in values.items():
         model.metadata_props.add(key=key, value=value)
     return model
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    """``metadata_props`` as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def tensor_shape(model: onnx.ModelProto, name: str) -> list[int | str]:

@@ -30,11 +30,11 @@ import onnx_graphsurgeon as gs
 
 from retinaedge.export.onnx_export import set_metadata
 from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.onnxinfo import PLUGIN_OP
 from retinaedge.runtime.spec import DetectorSpec, NmsMode
 
 log = logging.getLogger(__name__)
 
-EFFICIENT_NMS_OP = "EfficientNMS_TRT"
 DENSE_KERNEL_THRESHOLD = 0.007
 """Below this score threshold EfficientNMS_TRT uses its dense kernel (slow, writes sub-threshold boxes)."""
 ANCHORS_NAME = "anchors"
@@ -226,7 +226,7 @@ def append_efficient_nms(graph: Any, spec: DetectorSpec, anchors: Any) -> Any:
         gs.Variable(io_.detection_scores, dtype=np.float32, shape=[b, k]),
         gs.Variable(io_.detection_classes, dtype=np.int32, shape=[b, k]),
     ]
-    graph.layer(op=EFFICIENT_NMS_OP, name="efficient_nms", inputs=[boxes_in, scores_in, anchors],
+    graph.layer(op=PLUGIN_OP, name="efficient_nms", inputs=[boxes_in, scores_in, anchors],
                 outputs=outputs, attrs=attrs)
     graph.outputs = outputs
     return graph
@@ -345,9 +345,4 @@ def finalize(
     graph = sanitize(graph)
     model = to_model(graph, pre_nms)
     return set_metadata(model, spec, precision=precision, nms=nms, target=target)
-
-
-def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The EfficientNMS_TRT nodes of a model."""
-    return [n for n in model.graph.node if n.op_type == EFFICIENT_NMS_OP]
 

@@ -39,7 +39,8 @@ OnnxPrecision = Literal["fp32", "fp16", "int8", "int8-mixed"]
 ONNX_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 """What ``retinaedge.precision`` may say (``int8-mixed`` is an ``int8`` file with ``retinaedge.keep_high``)."""
 _FLOAT16 = 10  # onnx.TensorProto.FLOAT16
-_PLUGIN_OP = "EfficientNMS_TRT"
+PLUGIN_OP = "EfficientNMS_TRT"
+"""The NMS plugin's op type, as export writes it and every reader looks for it."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def describe_onnx(path: str | Path, *, model: onnx.ModelProto | None = None,
         precision = "fp32"
     if precision == "int8" and keep is not None:
         precision = "int8-mixed"
-    has_plugin = any(n.op_type == _PLUGIN_OP for n in m.graph.node)
+    has_plugin = any(n.op_type == PLUGIN_OP for n in m.graph.node)
     nms = "efficient" if has_plugin else meta.get(META_NMS, the_spec.nms)
     return OnnxInfo(path=p, precision=precision, spec=the_spec, nms=nms, target=meta.get(META_TARGET, "tensorrt"),
                     keep_high=keep, metadata=meta)

@@ -19,14 +19,13 @@ import numpy as np
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.errors import InputError, ModelError
 from retinaedge.runtime.nms import efficient_nms
-from retinaedge.runtime.onnxinfo import describe_onnx, load_onnx_model
+from retinaedge.runtime.onnxinfo import PLUGIN_OP, describe_onnx, load_onnx_model
 from retinaedge.runtime.runner import Backend, Precision, Runner
 from retinaedge.runtime.spec import DetectorSpec
 
 if TYPE_CHECKING:
     import onnx
 
-PLUGIN_OP = "EfficientNMS_TRT"
 PLUGIN_DOMAINS = ("", "trt.plugins")
 _PLACEHOLDER_SPEC = DetectorSpec(class_names=("object",))
 """`_precision_of` needs no spec; this stands in so a file without one still reports its precision."""

@@ -58,7 +58,7 @@ def test_asymmetric_is_info_for_a_cpu_target_file() -> None:
 def _with_plugin_attrs(model: onnx.ModelProto, **attrs: object) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    (node,) = surgery.plugin_nodes(m)
+    (node,) = [n for n in m.graph.node if n.op_type == "EfficientNMS_TRT"]
     for a in list(node.attribute):
         if a.name in attrs:
             node.attribute.remove(a)
@@ -122,7 +122,7 @@ def test_quantized_scores_are_an_error(pre_nms: onnx.ModelProto, tiny_spec: Dete
     """A DequantizeLinear right before the plugin's score input (through Reshape-like ops) is flagged."""
     model = surgery.finalize(pre_nms, tiny_spec, nms="efficient", precision="int8")
     g = model.graph
-    (plugin,) = surgery.plugin_nodes(model)
+    (plugin,) = [n for n in model.graph.node if n.op_type == "EfficientNMS_TRT"]
     score = plugin.input[1]
     g.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "s_scale"),
                           numpy_helper.from_array(np.array(0, np.int8), "s_zp")])

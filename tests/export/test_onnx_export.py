@@ -12,8 +12,9 @@ import pytest
 import torch
 from export_helpers import TinyRetina, make_spec, torch_heads
 
-from retinaedge.export.onnx_export import export_onnx, random_images, read_metadata, set_metadata, tensor_shape
+from retinaedge.export.onnx_export import export_onnx, random_images, set_metadata, tensor_shape
 from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.onnxinfo import metadata_of as read_metadata
 from retinaedge.runtime.spec import DetectorSpec
 
 polygraphy = pytest.importorskip("polygraphy")

@@ -13,11 +13,11 @@ from export_helpers import TinyData, smooth_image, torch_heads
 
 from retinaedge.export.calib import load_calibration_set
 from retinaedge.export.config import ExportConfig
-from retinaedge.export.onnx_export import read_metadata
 from retinaedge.export.pipeline import _heldout, detect_pre_nms, export_model, run_pre_nms
 from retinaedge.runtime.cocoeval import coco_evaluate
 from retinaedge.runtime.compare import match_detections
 from retinaedge.runtime.errors import InputError, ModelError
+from retinaedge.runtime.onnxinfo import metadata_of as read_metadata
 from retinaedge.runtime.preprocess import Letterbox, load_image, preprocess_batch
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
 

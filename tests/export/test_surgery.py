@@ -29,7 +29,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def test_efficient_nms_node(pre_nms: onnx.ModelProto, tiny_spec: DetectorSpec) -> None:
     model = surgery.finalize(pre_nms, tiny_spec, nms="efficient", precision="fp32")
-    (node,) = surgery.plugin_nodes(model)
+    (node,) = [n for n in model.graph.node if n.op_type == "EfficientNMS_TRT"]
     assert list(node.input) == ["box_deltas", "cls_logits", "anchors"]
     assert [o.name for o in model.graph.output] == ["num_detections", "detection_boxes", "detection_scores",
                                                     "detection_classes"]

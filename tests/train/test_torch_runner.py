@@ -117,10 +117,6 @@ def test_checkpoint_runner_matches_the_model_and_its_postprocess(tmp_path: Path)
 
 
 def test_detector_treats_it_like_an_engine() -> None:
-    import retinaedge.runtime.postprocess as rpp
-
-    if not hasattr(rpp, "to_detections"):
-        pytest.skip("runtime/postprocess.to_detections is not written yet")
     from retinaedge.runtime.runner import Detector
 
     image = np.zeros((32, 64, 3), np.uint8)  # letterboxed to 64x64 with 16 px bands above and below
