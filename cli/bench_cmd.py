@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from retinaedge.cli.validate_cmd import ENGINE_SUFFIXES, find_models
     from retinaedge.runtime.bench import BenchResult, bench_model
     from retinaedge.runtime.io import atomic_write_text
-    from retinaedge.runtime.validate import TRT_INT8_NOTE
+    from retinaedge.runtime.models import ENGINE_SUFFIXES
+    from retinaedge.runtime.validate import TRT_INT8_NOTE, find_models
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs and pipes
     batches = parse_batches(args.batch)

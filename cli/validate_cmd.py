@@ -95,17 +95,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     console.print("[green]gate passed[/]")
     return 0
-
-
-def __getattr__(name: str) -> object:
-    """``find_models`` and ``ENGINE_SUFFIXES`` moved to the library (runtime.validate, runtime.models); kept here,
-    imported on first use so ``retinaedge --help`` stays light, for cli/bench_cmd.py."""
-    if name == "find_models":
-        from retinaedge.runtime.validate import find_models
-
-        return find_models
-    if name == "ENGINE_SUFFIXES":
-        from retinaedge.runtime.models import ENGINE_SUFFIXES
-
-        return ENGINE_SUFFIXES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
