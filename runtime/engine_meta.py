@@ -42,7 +42,9 @@ class EngineSidecar:
         spec: `DetectorSpec.to_dict()` of the model.
         onnx_sha256: sha256 of the ONNX file the engine was parsed from.
         calib_hash: the calibration cache key (weakly-typed INT8 only), else None.
-        build_options: the build settings (path, batch profile, workspace, DLA, compatibility flags ...).
+        build_options: the build settings (path, batch profile, workspace, ``dla_core``, ``version_compatible``,
+            ``hardware_compatible`` ...); read the ones the runtime acts on through the properties below, which
+            default as TensorRT does when a sidecar predates the key.
         build_time_s: wall time of ``build_serialized_network``.
         layer_precisions: share of the engine's layers per precision, keys ``fp32 fp16 int8 other``, summing to 1.
         num_layers: number of layers the engine inspector reported.
@@ -84,6 +86,24 @@ class EngineSidecar:
     @property
     def hardware_compatible(self) -> bool:
         return bool(self.build_options.get("hardware_compatible", False))
+
+    @property
+    def dla_core(self) -> int | None:
+        """The DLA core the engine was built for (``build_options["dla_core"]``, written by ``engines/build.py``),
+        or None for a GPU engine and for sidecars written before the key existed.
+
+        The runtime must set ``Runtime.DLA_core`` to it before deserialising: its default is -1
+        (``NvInferRuntime.h`` ``IRuntime::setDLACore``, "Defaults to -1", NVIDIA/TensorRT v10.3.0).
+        """
+        value = self.build_options.get("dla_core")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ModelError(
+                f"engine sidecar build_options.dla_core={value!r} must be a DLA core index >= 0 or null; "
+                "rebuild the engine with retinaedge build"
+            )
+        return value
 
     def describe(self) -> str:
         """``TensorRT 10.3.0 on Orin (8.7)``."""
@@ -164,6 +184,56 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
 
 
+VERSION_COMPATIBLE_SINCE = (8, 6)
+"""Version-compatible plans exist from TensorRT 8.6, on both sides ("the plan must be built with a version at
+least 8.6 or higher, and the runtime must be 8.6 or higher": docs.nvidia.com/deeplearning/tensorrt/10.16.1/
+inference-library/version-compatibility.html)."""
+
+CROSS_MAJOR_VERSION_COMPATIBLE = frozenset({(8, 9), (8, 10), (10, 11)})
+"""(builder major, runtime major) pairs across which a version-compatible engine runs. 11.x "Engine
+Compatibility" (docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html): "engines
+built with TensorRT 10 work with TensorRT 11"; 11.4.1 Support Matrix, Engine Portability: "Two combinations are
+supported across major versions: TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and
+TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime. No other combination across major versions
+is supported. For example, a TensorRT 8 engine cannot run with a TensorRT 11 runtime"; 10.16.1 "Version
+Compatibility": "engines built with TensorRT 8 work with TensorRT 9 and TensorRT 10 runtimes"."""
+
+
+def version_refusal(built: str, running: str, *, version_compatible: bool) -> str | None:
+    """Why an engine built with TensorRT ``built`` cannot run on TensorRT ``running``, or None if it can.
+
+    Rules: a plain engine runs only on the exact version that built it. A version-compatible one (built >= 8.6)
+    runs on the same or a later version of the same major, or across the majors in
+    `CROSS_MAJOR_VERSION_COMPATIBLE` (10 -> 11; 8 -> 9 and 10), never on an older one.
+    """
+    if running == built:
+        return None
+    if not version_compatible:
+        return "the engine was not built version-compatible"
+    b, r = _version_tuple(built), _version_tuple(running)
+    if b[:2] < VERSION_COMPATIBLE_SINCE or r[:2] < VERSION_COMPATIBLE_SINCE:
+        return "version-compatible engines need TensorRT >= 8.6 on both sides"
+    if r < b:
+        return "a version-compatible engine runs only on the TensorRT that built it or a later one"
+    pair = (_major(built), _major(running))
+    if pair[0] != pair[1] and pair not in CROSS_MAJOR_VERSION_COMPATIBLE:
+        return (
+            f"version-compatible engines cross major versions only "
+            f"{', '.join(f'{a} -> {c}' for a, c in sorted(CROSS_MAJOR_VERSION_COMPATIBLE))} (NVIDIA's support matrix)"
+        )
+    return None
+
+
+def _version_fix(built: str, running: str) -> str:
+    """The rebuild hint; names ``--version-compatible`` where it would have let this engine run here."""
+    if version_refusal(built, running, version_compatible=True) is None:
+        return (
+            f"rebuild with retinaedge build on this machine, or build with --version-compatible on TensorRT "
+            f"{built} to run on later TensorRT ({running} included)"
+        )
+    return "rebuild with retinaedge build on this machine"
+
+
 def check_compatible(
     sidecar: EngineSidecar, *, trt_version: str, device_name: str, compute_capability: tuple[int, int]
 ) -> None:
@@ -171,20 +241,18 @@ def check_compatible(
 
     TensorRT itself fails late and cryptically here ("Version tag does not match", "generated on an
     incompatible device"). Rules: the TensorRT version must match exactly, unless the engine was built
-    version-compatible (then any later version of the same major); the GPU must match by compute capability
-    and name, unless the engine was built hardware-compatible (then any GPU of compute capability >= 8.0).
+    version-compatible (then `version_refusal`: a later version of the same major, or 10 -> 11 and 8 -> 9/10);
+    the GPU must match by compute capability and name, unless the engine was built hardware-compatible (then any
+    GPU of compute capability >= 8.0).
 
     Raises:
-        EngineMismatchError: naming both sides, e.g. "engine built with TensorRT 10.3.0 on Orin (8.7), running
-            TensorRT 10.13.0 on NVIDIA H100 (9.0): rebuild with retinaedge build".
+        EngineMismatchError: one line naming both sides, why, and the fix, e.g. "engine built with TensorRT 10.3.0
+            on Orin (8.7), running TensorRT 10.13.0 on NVIDIA H100 (9.0) (TensorRT versions and GPUs differ; the
+            engine was not built version-compatible): rebuild with retinaedge build on this machine ...".
     """
     cc = (int(compute_capability[0]), int(compute_capability[1]))
-    if sidecar.version_compatible:
-        version_ok = _major(trt_version) == _major(sidecar.trt_version) and _version_tuple(
-            trt_version
-        ) >= _version_tuple(sidecar.trt_version)
-    else:
-        version_ok = trt_version == sidecar.trt_version
+    why = version_refusal(sidecar.trt_version, trt_version, version_compatible=sidecar.version_compatible)
+    version_ok = why is None
     if sidecar.hardware_compatible:
         device_ok = cc >= AMPERE
     else:
@@ -194,7 +262,10 @@ def check_compatible(
     what = " and ".join(
         w for w, bad in (("TensorRT versions", not version_ok), ("GPUs", not device_ok)) if bad
     )
+    fix = _version_fix(sidecar.trt_version, trt_version) if not version_ok else (
+        "rebuild with retinaedge build on this machine"
+    )
     raise EngineMismatchError(
         f"engine built with {sidecar.describe()}, running {_describe(trt_version, device_name, cc)} "
-        f"({what} differ): rebuild with retinaedge build on this machine"
+        f"({what} differ{'; ' + why if why else ''}): {fix}"
     )

@@ -86,9 +86,63 @@ def test_any_single_mismatch_is_refused(trt_version, device, cc, what):
 def test_version_compatible_engines_run_on_later_same_major():
     side = _sidecar(build_options={"version_compatible": True})
     check_compatible(side, trt_version="10.13.0", device_name="Orin", compute_capability=(8, 7))
-    for later_or_earlier in ("11.1.0", "10.2.0"):
-        with pytest.raises(EngineMismatchError, match="TensorRT versions differ"):
-            check_compatible(side, trt_version=later_or_earlier, device_name="Orin", compute_capability=(8, 7))
+    with pytest.raises(EngineMismatchError, match="TensorRT versions differ; a version-compatible engine runs only"):
+        check_compatible(side, trt_version="10.2.0", device_name="Orin", compute_capability=(8, 7))
+
+
+def test_version_compatible_trt10_engine_runs_on_trt11():
+    """11.1 "Engine Compatibility": "engines built with TensorRT 10 work with TensorRT 11" (version-compatible);
+    today's rule (same major only) refused it."""
+    side = _sidecar(build_options={"version_compatible": True})
+    check_compatible(side, trt_version="11.1.0", device_name="Orin", compute_capability=(8, 7))
+    check_compatible(side, trt_version="11.4.1.3", device_name="Orin", compute_capability=(8, 7))
+
+
+@pytest.mark.parametrize(
+    ("built", "running", "ok"),
+    [
+        ("8.6.1", "10.3.0", True),    # support matrix: TensorRT 8 version-compatible engines run on 10
+        ("8.6.1", "9.2.0", True),     # 10.16 docs: "engines built with TensorRT 8 work with TensorRT 9 and 10"
+        ("8.6.1", "11.1.0", False),   # "a TensorRT 8 engine cannot run with a TensorRT 11 runtime"
+        ("8.5.2", "8.6.1", False),    # version compatibility starts at 8.6 on both sides
+        ("11.1.0", "10.13.0", False),  # never onto an older runtime
+        ("11.0.0", "11.1.0", True),
+    ],
+)
+def test_version_compatible_cross_major_rules(built, running, ok):
+    side = _sidecar(trt_version=built, build_options={"version_compatible": True})
+    if ok:
+        check_compatible(side, trt_version=running, device_name="Orin", compute_capability=(8, 7))
+    else:
+        with pytest.raises(EngineMismatchError, match="TensorRT versions differ; "):
+            check_compatible(side, trt_version=running, device_name="Orin", compute_capability=(8, 7))
+
+
+def test_version_refusal_is_one_line_naming_versions_and_fix():
+    plain = _sidecar()  # 10.3.0, not version-compatible
+    with pytest.raises(EngineMismatchError) as e:
+        check_compatible(plain, trt_version="11.1.0", device_name="Orin", compute_capability=(8, 7))
+    msg = str(e.value)
+    assert "\n" not in msg and "TensorRT 10.3.0" in msg and "TensorRT 11.1.0" in msg
+    assert "the engine was not built version-compatible" in msg
+    assert "build with --version-compatible on TensorRT 10.3.0" in msg  # the fix that would have worked
+    old8 = _sidecar(trt_version="8.6.1", build_options={"version_compatible": True})
+    with pytest.raises(EngineMismatchError) as e:
+        check_compatible(old8, trt_version="11.1.0", device_name="Orin", compute_capability=(8, 7))
+    msg = str(e.value)
+    assert "cross major versions only 8 -> 9, 8 -> 10, 10 -> 11" in msg
+    assert "--version-compatible" not in msg and msg.endswith("rebuild with retinaedge build on this machine")
+
+
+def test_dla_core_from_build_options():
+    assert _sidecar().dla_core is None  # the build wrote "dla_core": None
+    assert _sidecar(build_options={"dla_core": 1}).dla_core == 1
+    assert _sidecar(build_options={}).dla_core is None  # a sidecar from before the key: GPU engine
+    back = EngineSidecar.from_json(_sidecar(build_options={"dla_core": 0}).to_json())
+    assert back.dla_core == 0
+    for bad in (-1, True, "0"):
+        with pytest.raises(ModelError, match="dla_core"):
+            _ = _sidecar(build_options={"dla_core": bad}).dla_core
 
 
 def test_hardware_compatible_engines_run_on_any_ampere_plus():
