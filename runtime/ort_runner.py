@@ -107,6 +107,7 @@ class OrtRunner(Runner):
         self.raw = raw
         model = load_onnx_model(self.path, load_external_data=False)
         self.info = describe_onnx(self.path, model=model, spec=spec)
+        self.source = str(self.path)
         self.metadata = self.info.metadata
         self.spec = self.info.spec
         # runtime.runner.Precision does not list int8-mixed yet (not this module's file)

@@ -37,6 +37,11 @@ class Runner(ABC):
     precision: Precision
     spec: DetectorSpec
     name: str
+    source: str | None = None
+    """The file the runner runs (ONNX, engine, checkpoint); None for an in-memory model."""
+    target: str | None = None
+    """What the graph was exported for: ``tensorrt`` or ``cpu`` (an ONNX's ``retinaedge.target``; an engine is
+    ``tensorrt``); None when nothing says (a torch model)."""
 
     def __init__(self) -> None:
         self._active = False

@@ -8,6 +8,13 @@ sized for the profile's largest batch. `infer` is then: set the input shape, asy
 every output on the same stream, one synchronize. TensorRT >= 8.5 uses the tensor API (``set_tensor_address`` +
 ``execute_async_v3``); older 8.x the bindings API (``execute_async_v2``), chosen by feature.
 
+A DLA engine (sidecar ``dla_core``) gets ``Runtime.DLA_core`` set before deserialising (its default is -1).
+An output whose shape is data-dependent (``-1`` after the input shape is set: ``selected_indices`` of the
+``--nms onnx`` export, which TensorRT runs as ``INMSLayer``) gets no fixed buffer: an ``IOutputAllocator``
+(`_OutputAllocations` behind a ``tensorrt.IOutputAllocator`` subclass) hands TensorRT device memory from inside
+``execute_async_v3`` and records the shape TensorRT reports; the D2H copy then reads that many elements. Static
+outputs keep the fixed buffers. docs/TENSORRT.md has the sources.
+
 Not verified on a GPU in this project's CI: written and type-checked against tensorrt-stubs 10.13; the
 ``tensorrt``-marked tests run it on a GPU host (``make gpu-check``).
 """
@@ -39,14 +46,121 @@ _NP_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "i
 
 @dataclass
 class _IOTensor:
-    """One engine input or output: pinned host memory and device memory for the largest batch."""
+    """One engine input or output: pinned host memory and device memory for the largest batch.
+
+    A data-dependent output (``dynamic``) has no device memory of its own: `_OutputAllocations` holds it, and
+    ``host`` is regrown to the size TensorRT reports.
+    """
 
     name: str
     index: int  # binding index (TensorRT 8.x bindings API)
     is_input: bool
     dtype: np.dtype[Any]
     host: np.ndarray  # flat, pinned
-    device: DeviceAllocation
+    device: DeviceAllocation | None
+    dynamic: bool = False
+
+
+class _OutputAllocations:
+    """Device memory and reported shapes of data-dependent outputs, for an ``IOutputAllocator``.
+
+    TensorRT calls ``reallocate_output_async(tensor_name, memory, size, alignment, stream)`` (or, where that is not
+    overridden, the deprecated ``reallocate_output(tensor_name, memory, size, alignment)``) from inside
+    ``execute_async_v3`` on the calling thread, then ``notify_shape(tensor_name, shape)`` "sometime between when it
+    calls reallocateOutput and enqueueV3 returns" (``NvInferRuntime.h``, ``IOutputAllocator``, v10.3.0). The
+    returned address must be "at least 256-byte" aligned (``setTensorAddress``, same header); ``cuMemAlloc`` gives
+    that. Memory only grows, so steady-state calls return the current block; a replaced block is freed after the
+    stream is synchronised, never while TensorRT may still write it. Errors cannot cross back into TensorRT
+    (the binding prints and drops them), so they are kept in ``errors`` and raised by the runner.
+
+    Args:
+        cuda: allocates the device memory (PyCUDA ``mem_alloc`` in production).
+    """
+
+    def __init__(self, cuda: CudaApi) -> None:
+        self._cuda = cuda
+        self.memory: dict[str, DeviceAllocation] = {}
+        self.capacity: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.errors: list[str] = []
+        self._retired: list[DeviceAllocation] = []
+
+    def reallocate(self, tensor_name: str, size: int, alignment: int) -> int:
+        """Device address of at least ``size`` bytes for ``tensor_name``; 0 (TensorRT's nullptr) if impossible."""
+        try:
+            size = max(int(size), 1)
+            current = self.memory.get(tensor_name)
+            if current is not None and self.capacity[tensor_name] >= size:
+                return int(current)
+            block = self._cuda.mem_alloc(size)
+            if alignment > 0 and int(block) % int(alignment):
+                block.free()
+                self.errors.append(
+                    f"device memory for output {tensor_name!r} at {int(block):#x} is not {alignment}-byte aligned"
+                )
+                return 0
+            if current is not None:
+                self._retired.append(current)
+            self.memory[tensor_name] = block
+            self.capacity[tensor_name] = size
+            return int(block)
+        except Exception as e:  # crosses into TensorRT's C++ callback, which would only print it
+            self.errors.append(f"cannot allocate {size} bytes for output {tensor_name!r}: {e}")
+            return 0
+
+    def notify_shape(self, tensor_name: str, shape: tuple[int, ...]) -> None:
+        self.shapes[tensor_name] = shape
+
+    def start(self) -> None:
+        """Forget the previous batch's shapes and errors (called before each execute)."""
+        self.shapes.clear()
+        self.errors.clear()
+
+    def release_retired(self) -> None:
+        """Free replaced blocks; call only after the stream is synchronised."""
+        for block in self._retired:
+            block.free()
+        self._retired = []
+
+    def free(self) -> None:
+        self.release_retired()
+        for block in self.memory.values():
+            block.free()
+        self.memory.clear()
+        self.capacity.clear()
+
+
+def _output_allocator(trt_module: ModuleType, store: _OutputAllocations) -> Any:
+    """A ``tensorrt.IOutputAllocator`` forwarding to ``store``.
+
+    Signatures as NVIDIA's bindings call them (``python/src/infer/pyCore.cpp``, ``PyOutputAllocator``, identical at
+    v10.3.0 and v11.1): ``pyFunc(tensorName, reinterpret_cast<size_t>(currentMemory), size, alignment)`` for
+    ``reallocate_output``; the same plus ``cudaStreamPtr`` for ``reallocate_output_async`` (looked up first; the
+    binding falls back to ``reallocate_output`` "for legacy implementation"); ``notify_shape(tensorName, dims)``
+    with a ``tensorrt.Dims``. The return value is cast to ``size_t``. The base ``__init__`` must be called
+    explicitly (``OutputAllocatorDoc::descr``, ``python/docstrings/infer/pyCoreDoc.h``).
+    """
+    if TYPE_CHECKING:
+        import tensorrt as trt
+    else:
+        trt = trt_module
+
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+            return store.reallocate(tensor_name, size, alignment)
+
+        def reallocate_output_async(
+            self, tensor_name: str, memory: int, size: int, alignment: int, stream: int
+        ) -> int:
+            return store.reallocate(tensor_name, size, alignment)
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            store.notify_shape(tensor_name, _dims(shape))
+
+    return OutputAllocator()
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -94,6 +208,7 @@ class TrtRunner(Runner):
         if isinstance(device, bool) or not isinstance(device, int) or device < 0:
             raise InputError(f"device={device!r} must be a CUDA device ordinal >= 0")
         self.path = Path(path)
+        self.source, self.target = str(self.path), "tensorrt"  # an engine is a TensorRT build by definition
         if not self.path.is_file():
             raise ModelError(f"engine {str(self.path)!r} does not exist; build one with retinaedge build")
         self.sidecar = EngineSidecar.for_engine(self.path)
@@ -111,6 +226,8 @@ class TrtRunner(Runner):
         self._context: tensorrt.IExecutionContext | None = None
         self._tensors: list[_IOTensor] = []
         self._tensor_api = True
+        self._dynamic: _OutputAllocations | None = None
+        self._allocator: Any = None  # the tensorrt.IOutputAllocator; kept alive as long as the context
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -143,6 +260,17 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(logger)
         if self.sidecar.version_compatible:  # the plan embeds its lean runtime
             self._runtime.engine_host_code_allowed = True
+        dla_core = self.sidecar.dla_core
+        if dla_core is not None:
+            # IRuntime::setDLACore "Defaults to -1" and "if getNbDLACores() returns 0, then this function does
+            # nothing" (NvInferRuntime.h, v10.3.0): refuse here rather than fail inside deserialisation.
+            cores = int(self._runtime.num_DLA_cores)
+            if dla_core >= cores:
+                raise ModelError(
+                    f"{self.path.name} was built for DLA core {dla_core}, but this device has {cores} DLA cores; "
+                    "run it on a Jetson with that core or rebuild without --dla"
+                )
+            self._runtime.DLA_core = dla_core
         engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise ModelError(f"TensorRT cannot deserialize {self.path.name}; see the TensorRT log above and rebuild")
@@ -172,10 +300,8 @@ class TrtRunner(Runner):
         for i, (name, is_input, dtype) in enumerate(zip(names, modes, dtypes, strict=True)):
             shape = max_input if is_input else self._output_shape(name, i)
             if any(d < 0 for d in shape):
-                raise ModelError(
-                    f"output {name!r} of {self.path.name} has a data-dependent shape {shape} (nms=onnx?); "
-                    "TrtRunner needs static output shapes: export with --nms efficient or none"
-                )
+                self._tensors.append(self._dynamic_output(trt, context, name, i, shape, dtype))
+                continue
             size = int(np.prod(shape))
             host = cuda.pagelocked_empty((size,), dtype)
             device = cuda.mem_alloc(max(host.nbytes, 1))
@@ -183,11 +309,42 @@ class TrtRunner(Runner):
             if self._tensor_api and not context.set_tensor_address(name, int(device)):
                 raise ModelError(f"TensorRT refused the device address of tensor {name!r}")
 
+    def _dynamic_output(
+        self,
+        trt: ModuleType,
+        context: tensorrt.IExecutionContext,
+        name: str,
+        index: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+    ) -> _IOTensor:
+        """Register a data-dependent output with the output allocator (created on the first one)."""
+        if not self._tensor_api or not hasattr(trt, "IOutputAllocator"):
+            raise ModelError(
+                f"output {name!r} of {self.path.name} has a data-dependent shape {shape} (nms=onnx?), which needs "
+                f"TensorRT's IOutputAllocator (tensor API, TensorRT >= 8.5; this is {trt.__version__}): "
+                "export with --nms efficient or none"
+            )
+        if self._cuda is None:
+            raise RuntimeError("TrtRunner is not active")
+        if self._dynamic is None:
+            self._dynamic = _OutputAllocations(self._cuda)
+            self._allocator = _output_allocator(trt, self._dynamic)
+        if not context.set_output_allocator(name, self._allocator):
+            raise ModelError(f"TensorRT refused an output allocator for tensor {name!r} of {self.path.name}")
+        host = self._cuda.pagelocked_empty((0,), dtype)
+        return _IOTensor(name, index, False, dtype, host, None, dynamic=True)
+
     def deactivate_impl(self) -> None:
         for t in self._tensors:
-            t.device.free()
+            if t.device is not None:
+                t.device.free()
         self._tensors = []
         self._context = None  # context before engine before runtime: TensorRT's destruction order
+        self._allocator = None  # after the context that holds it
+        if self._dynamic is not None:
+            self._dynamic.free()
+            self._dynamic = None
         self._engine = None
         self._runtime = None
         self._stream = None
@@ -238,24 +395,64 @@ class TrtRunner(Runner):
                 f"with --batch {min(lo, b)}:{min(lo, b)}:{max(hi, b)}"
             )
         inp = next(t for t in self._tensors if t.is_input)
+        if inp.device is None:
+            raise RuntimeError("TrtRunner input has no device buffer")
         host_in = inp.host[: batch.size].reshape(batch.shape)
         np.copyto(host_in, batch, casting="same_kind")
         cuda.memcpy_htod_async(inp.device, host_in, stream)  # first CUDA call: refuses a foreign thread
         self._set_input_shape(inp.name, inp.index, tuple(int(d) for d in batch.shape))
+        if self._dynamic is not None:
+            self._dynamic.start()
         if self._tensor_api:
             ok = context.execute_async_v3(stream.handle)
         else:
-            bindings = [int(t.device) for t in self._tensors]
+            bindings = [int(t.device) if t.device is not None else 0 for t in self._tensors]
             ok = context.execute_async_v2(bindings=bindings, stream_handle=stream.handle)  # type: ignore[attr-defined]  # TRT 8.x only
+        if self._dynamic is not None and self._dynamic.errors:
+            errors = "; ".join(self._dynamic.errors)
+            raise ModelError(f"TensorRT output allocation failed for {self.path.name}: {errors}")
         if not ok:
             raise ModelError(f"TensorRT failed to execute {self.path.name}; see the TensorRT log above")
         views: dict[str, np.ndarray] = {}
         for t in self._tensors:
             if t.is_input:
                 continue
+            if t.dynamic:
+                views[t.name] = self._copy_dynamic(t)
+                continue
+            if t.device is None:
+                raise RuntimeError(f"TrtRunner output {t.name!r} has no device buffer")
             shape = self._output_shape(t.name, t.index)
             view = t.host[: int(np.prod(shape))].reshape(shape)
             cuda.memcpy_dtoh_async(view, t.device, stream)
             views[t.name] = view
         cuda.synchronize(stream)
+        if self._dynamic is not None:
+            self._dynamic.release_retired()
         return {name: view.copy() for name, view in views.items()}
+
+    def _copy_dynamic(self, t: _IOTensor) -> np.ndarray:
+        """Queue the D2H copy of a data-dependent output, ``shape`` as TensorRT reported it via notify_shape."""
+        if self._cuda is None or self._stream is None or self._dynamic is None:
+            raise RuntimeError("TrtRunner is not active")
+        shape = self._dynamic.shapes.get(t.name)
+        if shape is None or any(d < 0 for d in shape):
+            raise ModelError(
+                f"TensorRT reported no shape for data-dependent output {t.name!r} of {self.path.name} "
+                f"(notify_shape gave {shape}); see the TensorRT log above"
+            )
+        count = int(np.prod(shape))
+        if count == 0:
+            return np.empty(shape, t.dtype)
+        memory = self._dynamic.memory.get(t.name)
+        nbytes = count * t.dtype.itemsize
+        if memory is None or self._dynamic.capacity[t.name] < nbytes:
+            raise ModelError(
+                f"TensorRT reported output {t.name!r} of shape {shape} ({nbytes} bytes) but asked the allocator "
+                f"for {self._dynamic.capacity.get(t.name, 0)} bytes"
+            )
+        if t.host.size < count:  # pinned host memory grows (doubling) and is kept for the next batch
+            t.host = self._cuda.pagelocked_empty((max(count, 2 * t.host.size),), t.dtype)
+        view = t.host[:count].reshape(shape)
+        self._cuda.memcpy_dtoh_async(view, memory, self._stream)
+        return view

@@ -50,7 +50,6 @@ from retinaedge.runtime.draw import contact_sheet, draw_detections, draw_ground_
 from retinaedge.runtime.errors import InputError, RetinaEdgeError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from retinaedge.runtime.models import ENGINE_SUFFIXES, ONNX_SUFFIXES, load_runner
-from retinaedge.runtime.onnxinfo import META_TARGET, read_onnx_metadata
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.runner import Detector, Runner
 from retinaedge.runtime.spec import DetectorSpec
@@ -235,9 +234,8 @@ class ExportNmsRunner(Runner):
         self.backend = raw.backend
         self.precision = raw.precision
         self.name = name or raw.name
-        path = getattr(raw, "path", None) or getattr(raw, "checkpoint", None)
-        if path is not None:
-            self.path = path
+        self.source = raw.source
+        self.target = raw.target
 
     def activate_impl(self) -> None:
         self.raw.activate()
@@ -418,26 +416,7 @@ def gate_row(*, precision: str, retained: float | None, batch_consistent: bool |
 
 
 def _runner_path(runner: Runner) -> str:
-    return str(getattr(runner, "path", None) or runner.name)
-
-
-def _target(runner: Runner) -> str | None:
-    """The export target from the ONNX metadata (``retinaedge.target``), when the runner exposes it."""
-    for attr in ("target", "metadata"):
-        value = getattr(runner, attr, None)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, Mapping) and META_TARGET in value:
-            return str(value[META_TARGET])
-    path = getattr(runner, "path", None)
-    if path is not None and str(path).endswith(ONNX_SUFFIXES):
-        try:
-            meta = read_onnx_metadata(path)
-        except (RetinaEdgeError, ImportError, OSError):
-            return None
-        target = meta.get(META_TARGET)
-        return None if target is None else str(target)
-    return None
+    return runner.source or runner.name
 
 
 def _label(runner: Runner, taken: set[str]) -> str:
@@ -749,7 +728,7 @@ def _row(ev: _Evaluated, cmp: Comparison, *, is_reference: bool, ref_ap: float, 
     passed, gate_notes = gate_row(precision=precision, retained=retained, batch_consistent=ev.batch_consistent,
                                   is_reference=is_reference, gate=gate)
     notes = [*ev.notes, *cmp.notes, *gate_notes]
-    if PRECISION_VARIANTS.get(precision, precision) == "int8" and r.backend == "ort" and _target(r) == "tensorrt":
+    if PRECISION_VARIANTS.get(precision, precision) == "int8" and r.backend == "ort" and r.target == "tensorrt":
         notes.append(TRT_INT8_NOTE)
     nms: str = r.spec.nms
     if isinstance(r, ExportNmsRunner):

@@ -51,6 +51,7 @@ class TorchRunner(Runner):
             raise InputError("TorchRunner needs exactly one of checkpoint= or model=; got "
                              f"checkpoint={checkpoint!r}, model={'set' if model is not None else None}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.source = str(self.checkpoint) if self.checkpoint is not None else None
         if spec is None:
             if model is not None:
                 spec = getattr(model, "spec", None)
