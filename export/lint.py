@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from retinaedge.runtime.errors import InputError
+from retinaedge.runtime.nms import DENSE_KERNEL_THRESHOLD
 from retinaedge.runtime.onnxinfo import META_TARGET, PLUGIN_OP
 
 Severity = Literal["error", "warning", "info"]
@@ -331,10 +332,10 @@ def _plugin_values(v: dict[str, Any], name: str) -> list[Finding]:
         s = v["score_threshold"]
         if s < 0.0:
             err(f"score_threshold={s!r}; the plugin needs score_threshold >= 0")
-        elif s < 0.007:
-            out.append(Finding("warning", "plugin", name, f"score_threshold={s!r} < 0.007 selects the dense kernel "
-                                                           "(slow; writes sub-threshold boxes with score 0); use >= "
-                                                           "0.01"))
+        elif s < DENSE_KERNEL_THRESHOLD:
+            out.append(Finding("warning", "plugin", name,
+                               f"score_threshold={s!r} < {DENSE_KERNEL_THRESHOLD} selects the dense kernel "
+                               "(slow; writes sub-threshold boxes with score 0); use >= 0.01"))
     if "max_output_boxes" in v and v["max_output_boxes"] <= 0:
         err(f"max_output_boxes={v['max_output_boxes']!r}; the plugin needs max_output_boxes > 0")
     for key in ("score_activation", "class_agnostic", "box_coding"):
