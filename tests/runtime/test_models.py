@@ -8,31 +8,9 @@ import pytest
 from retinaedge.runtime import models
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.ort_runner import OrtRunner
-from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
-
-
-def make_spec(**kw) -> DetectorSpec:
-    base = dict(class_names=("a", "b"), input_height=64, input_width=64,
-                anchors=AnchorSpec(strides=(8, 16), sizes=(16.0, 32.0), scales=(1.0,), aspect_ratios=(1.0,)))
-    base.update(kw)
-    return DetectorSpec(**base)
-
-
-def write_onnx(path, metadata=None):
-    """images (B,3,64,64) uint8 -> Cast -> "cls_logits"; enough for metadata and dispatch."""
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["images"], ["cls_logits"], to=TensorProto.FLOAT)], "g",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["B", 3, 64, 64])],
-        [helper.make_tensor_value_info("cls_logits", TensorProto.FLOAT, ["B", 3, 64, 64])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for k, v in (metadata or {}).items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
+pytest.importorskip("onnx")
+from tests.support.onnx_files import make_spec, write_onnx
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "MODEL.ONNX"])
