@@ -39,7 +39,14 @@ class TrtCapabilities:
     Attributes:
         version: ``tensorrt.__version__`` (for messages and the sidecar only; never used to decide).
         major: leading integer of ``version``, -1 if unparsable.
-        strongly_typed: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists (TRT >= 10; 9.x too).
+        strongly_typed: the builder makes strongly typed networks: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+            exists (TRT 9.x / 10.x), or the module is TRT >= 11, or it has no ``BuilderFlag.FP16`` (a weakly-typed
+            builder without its FP16 flag is none). TRT 11 deprecates that flag and ignores it ("Strongly typed mode
+            is always enabled", include/NvInfer.h at v11.1, ``kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0``), so a later
+            release may drop the name without dropping strong typing.
+        strongly_typed_flag: ``STRONGLY_TYPED`` must be set on ``create_network`` to get a strongly typed network
+            (TRT 9.x / 10.x, where networks are weakly typed by default); False on TRT >= 11 or without
+            ``BuilderFlag.FP16``, where it is ignored (or gone).
         needs_explicit_batch: the implicit-batch builder API still exists (``Builder.max_batch_size``, TRT < 10),
             so ONNX networks must be created with ``EXPLICIT_BATCH``.
         weak_fp16: ``BuilderFlag.FP16`` exists (removed in 11.0).
@@ -58,6 +65,7 @@ class TrtCapabilities:
     version: str
     major: int
     strongly_typed: bool
+    strongly_typed_flag: bool
     needs_explicit_batch: bool
     weak_fp16: bool
     weak_int8: bool
@@ -89,13 +97,18 @@ def detect(trt_module: object) -> TrtCapabilities:
     version = str(getattr(trt_module, "__version__", "unknown"))
     head = version.split(".", 1)[0]
     t = trt_module
+    major = int(head) if head.isdigit() else -1
+    has_flag = _has(t, "NetworkDefinitionCreationFlag", "STRONGLY_TYPED")
+    weak_fp16 = _has(t, "BuilderFlag", "FP16")
+    only_strong = major >= 11 or (_has(t, "BuilderFlag") and not weak_fp16)
     return TrtCapabilities(
         version=version,
-        major=int(head) if head.isdigit() else -1,
-        strongly_typed=_has(t, "NetworkDefinitionCreationFlag", "STRONGLY_TYPED"),
+        major=major,
+        strongly_typed=has_flag or only_strong,
+        strongly_typed_flag=has_flag and not only_strong,
         needs_explicit_batch=_has(t, "NetworkDefinitionCreationFlag", "EXPLICIT_BATCH")
         and _has(t, "Builder", "max_batch_size"),
-        weak_fp16=_has(t, "BuilderFlag", "FP16"),
+        weak_fp16=weak_fp16,
         weak_int8=_has(t, "BuilderFlag", "INT8"),
         int8_calibrator=_has(t, "IInt8EntropyCalibrator2") and _has(t, "IBuilderConfig", "int8_calibrator"),
         tensor_api=_has(t, "ICudaEngine", "num_io_tensors") and _has(t, "IExecutionContext", "execute_async_v3"),
@@ -189,7 +202,7 @@ def choose_path(
         )
     strong: BuildPath | str
     if not caps.strongly_typed:
-        strong = f"TensorRT {caps.version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED"
+        strong = f"TensorRT {caps.version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED (< 9.0)"
     elif want != natural:
         strong = f"a strongly typed {want} engine needs {_EXPORT_FILE[want]}, not the fp32 ONNX"
     else:

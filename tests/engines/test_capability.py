@@ -101,3 +101,31 @@ def test_describe_says_which_path():
     assert "weakly-typed" in BuildPath("weakly-typed", "int8", True, True, True).describe()
     assert "FP16+INT8" in BuildPath("weakly-typed", "int8", True, True, True).describe()
     assert "types from the ONNX" in BuildPath("strongly-typed", "fp16").describe()
+
+
+# ---- issue 13 item 9: STRONGLY_TYPED is "deprecated and ignored" on TensorRT 11 ------------------------------
+# include/NvInfer.h at NVIDIA/TensorRT v11.1, enum NetworkDefinitionCreationFlag:
+#   "\deprecated Deprecated in TensorRT 11.0. Strongly typed mode is always enabled.
+#    This flag is retained for API compatibility but is ignored."   kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0,
+# so strong typing is keyed on TRT >= 11 or on the absence of BuilderFlag.FP16, never on that flag alone.
+def test_trt11_without_the_deprecated_flag_is_still_strongly_typed():
+    ns = namespace("11.1", version="11.9.0")
+    ns.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", ["PREFER_AOT_PYTHON_PLUGINS"])
+    caps = detect(ns)
+    assert caps.strongly_typed and not caps.strongly_typed_flag and not caps.weakly_typed
+    assert choose_path(caps, "auto", "fp16") == BuildPath("strongly-typed", "fp16")
+
+
+def test_a_release_that_drops_fp16_and_the_flag_builds_strongly_typed():
+    # a 10.x-numbered module with neither BuilderFlag.FP16 nor STRONGLY_TYPED: strong typing is the only mode left
+    ns = namespace("10.3", version="10.99.0")
+    ns.BuilderFlag = enum.IntEnum("BuilderFlag", ["GPU_FALLBACK", "VERSION_COMPATIBLE"])
+    ns.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", ["EXPLICIT_BATCH"])
+    caps = detect(ns)
+    assert caps.strongly_typed and not caps.strongly_typed_flag
+    assert choose_path(caps, "auto", "qdq") == BuildPath("strongly-typed", "int8")
+
+
+def test_the_flag_is_set_only_where_networks_are_weakly_typed_by_default():
+    c86, c103, c111 = (detect(namespace(f)) for f in FLAVOURS)
+    assert (c86.strongly_typed_flag, c103.strongly_typed_flag, c111.strongly_typed_flag) == (False, True, False)
