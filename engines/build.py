@@ -5,7 +5,16 @@ weakly typed, see `retinaedge.engines.capability`) -> ONNX parse (errors collect
 builder config (workspace cap, optimisation profile for the dynamic batch, precision flags and calibrator on the
 weakly-typed path, DLA with GPU fallback, version/hardware compatibility, timing cache) ->
 ``build_serialized_network`` -> engine inspector: the share of layers per precision is recorded, and a build
-whose layers do not match the request fails (other projects shipped "FP16" engines that were FP32).
+whose layers do not match the request fails (other projects shipped "FP16" engines that were FP32). The
+inspector's 8.6/10.x and 11.x JSON shapes and the rule per build path (what fails, what only warns) are written
+down in `retinaedge.engines.inspector`.
+
+On the weakly-typed FP16 path (and the INT8 one, which sets FP16 too) the box-delta clamp, the decode and the
+NMS plugin are pinned to FP32 (`fp32_tail_layers`, ``OBEY_PRECISION_CONSTRAINTS``), as the strongly-typed FP16
+ONNX keeps them; a weakly-typed INT8 build of an ONNX with ``retinaedge.keep_high`` (issue 11) pins those ONNX
+nodes' layers to the kept dtype. Refused before building: a DLA build whose batch profile is not fixed, and a
+version-compatible build of an EfficientNMS graph (the plugin cannot travel with the plan). On TensorRT >= 11 an
+EfficientNMS graph builds with a warning naming ``--nms onnx`` (the plugin is deprecated since 10.12).
 
 The plan is written as raw bytes (trtexec, DeepStream and Triton load it); everything else goes in the sidecar.
 Nothing here has run on a GPU in this project's CI: it is written and type-checked against TensorRT's real API
@@ -14,13 +23,14 @@ Nothing here has run on a GPU in this project's CI: it is written and type-check
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from retinaedge.engines import inspector
 from retinaedge.engines.calibrator import (
     CalibrationBatcher,
     calibration_cache_key,
@@ -40,9 +50,12 @@ from retinaedge.engines.capability import (
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.cuda import CudaApi, PyCudaApi
 from retinaedge.runtime.engine_meta import EngineSidecar, sidecar_path
-from retinaedge.runtime.errors import EngineBuildError, InputError
+from retinaedge.runtime.errors import EngineBuildError, InputError, MissingDependencyError
 from retinaedge.runtime.io import atomic_write_bytes, ensure_writable_dir, sha256_file
+from retinaedge.runtime.onnxinfo import OnnxInfo, describe_onnx
 from retinaedge.runtime.spec import DetectorSpec
+
+layer_precision_shares = inspector.layer_precision_shares
 
 if TYPE_CHECKING:
     import tensorrt
@@ -127,103 +140,119 @@ class BuildResult:
     sidecar: EngineSidecar
     path: BuildPath
     notes: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
 
 
-def onnx_kind_of(path: Path, declared: OnnxKind | Literal["auto"] = "auto") -> OnnxKind:
-    """What an ONNX holds: from ``declared``, else the export's file names, else its content (needs ``onnx``).
+_KIND_OF_PRECISION: dict[str, OnnxKind] = {"fp32": "fp32", "fp16": "fp16", "int8": "qdq", "int8-mixed": "qdq"}
+
+
+def onnx_kind_of(path: Path, declared: OnnxKind | Literal["auto"] = "auto", *, info: OnnxInfo | None = None,
+                 spec: DetectorSpec | None = None) -> OnnxKind:
+    """What an ONNX holds: from ``declared``, else the export's file names, else `describe_onnx` (needs ``onnx``).
+
+    Args:
+        info: the file's `describe_onnx` if already read.
+        spec: passed to `describe_onnx` (a bare ONNX without spec metadata or ``spec.json`` can still be told).
 
     Raises:
-        InputError: for ``model.int8-cpu.onnx`` (ONNX Runtime's asymmetric U8S8, which TensorRT rejects), or when
-            the kind cannot be told.
+        InputError: for ``model.int8-cpu.onnx`` or an ONNX whose metadata says target ``cpu`` (ONNX Runtime's
+            asymmetric U8S8, which TensorRT rejects).
     """
     if declared != "auto":
         return declared
     name = path.name.lower()
+    cpu_hint = "build from model.int8.onnx"
     if name.endswith(".int8-cpu.onnx"):
         raise InputError(
-            f"{path.name} is the CPU INT8 model (asymmetric U8 activations; TensorRT needs symmetric INT8); "
-            "build from model.int8.onnx"
+            f"{path.name} is the CPU INT8 model (asymmetric U8 activations; TensorRT needs symmetric INT8); {cpu_hint}"
         )
     by_suffix: dict[str, OnnxKind] = {".fp32.onnx": "fp32", ".fp16.onnx": "fp16", ".int8.onnx": "qdq"}
     for suffix, kind in by_suffix.items():
         if name.endswith(suffix):
             return kind
-    onnx = require("onnx", purpose=f"telling the precision of {path.name} (or name it model.<fp32|fp16|int8>.onnx)")
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {node.op_type for node in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"}:
-        return "qdq"
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+    if info is None:
+        info = describe_onnx(path, spec=spec)
+    if info.target == "cpu":
+        raise InputError(f"{path.name} says retinaedge.target='cpu' (ONNX Runtime's asymmetric INT8); {cpu_hint}")
+    return _KIND_OF_PRECISION[info.precision]
+
+
+def _describe(path: Path, spec: DetectorSpec) -> OnnxInfo | None:
+    """`describe_onnx`, or None where the ``onnx`` package is not installed (a Jetson runtime install)."""
+    try:
+        return describe_onnx(path, spec=spec)
+    except MissingDependencyError:
+        return None
 
 
 # ---- layer precision from the engine inspector -------------------------------------------------------
-_DTYPE_TOKENS = (("BFLOAT16", "other"), ("FP16", "fp16"), ("HALF", "fp16"), ("INT8", "int8"), ("FP32", "fp32"),
-                 ("FLOAT", "fp32"))
+def check_layer_precisions(path: BuildPath, summary: inspector.LayerSummary, *,
+                           explicit_quantization: bool = False) -> list[str]:
+    """The per-path rule of `retinaedge.engines.inspector` (its docstring writes it down): warnings, or raises."""
+    return inspector.check(path, summary, explicit_quantization=explicit_quantization)
 
 
-def _layer_precision(layer: dict[str, Any]) -> str:
-    """Precision of one layer from DETAILED inspector JSON: its first input's ``Format/Datatype``, as
-    trt-engine-explorer (TREx ``trex/layer.py``) does; its first output for layers without inputs."""
-    tensors = layer.get("Inputs") or layer.get("Outputs") or []
-    if not tensors or not isinstance(tensors[0], dict):
-        return "other"
-    fmt = str(tensors[0].get("Format/Datatype", "")).upper()
-    for token, precision in _DTYPE_TOKENS:
-        if token in fmt:
-            return precision
-    return "other"
+# ---- per-layer precision constraints (weakly typed only) ---------------------------------------------
+_SUFFIXED = re.compile(r"(.+)_\d+")
 
 
-def layer_precision_shares(engine_information: str) -> tuple[dict[str, float], int]:
-    """Share of layers per precision from ``EngineInspector.get_engine_information(LayerInformationFormat.JSON)``.
-
-    Args:
-        engine_information: the inspector's JSON (``{"Layers": [...], "Bindings": [...]}``) with layers as
-            dicts, which needs ``ProfilingVerbosity.DETAILED``.
-
-    Returns:
-        ``({"fp32": s, "fp16": s, "int8": s, "other": s}, num_layers)``, shares summing to 1.
-
-    Raises:
-        EngineBuildError: if the layers carry no type information (verbosity not DETAILED).
-    """
-    try:
-        layers = json.loads(engine_information).get("Layers", [])
-    except (json.JSONDecodeError, AttributeError):
-        raise EngineBuildError(
-            f"engine inspector output is not the expected JSON ({engine_information[:80]!r}); cannot verify "
-            "the engine's precision"
-        ) from None
-    if not layers or not all(isinstance(layer, dict) for layer in layers):
-        raise EngineBuildError(
-            "engine inspector reported no per-layer types (profiling verbosity is not DETAILED?); cannot "
-            "verify the engine's precision"
-        )
-    counts = {"fp32": 0, "fp16": 0, "int8": 0, "other": 0}
-    for layer in layers:
-        counts[_layer_precision(layer)] += 1
-    n = len(layers)
-    return {k: round(v / n, 4) for k, v in counts.items()}, n
+def _onnx_node_of(layer_name: str, nodes: set[str]) -> str | None:
+    """The ONNX node a network layer came from: onnx-tensorrt names a node's first layer after the node and the
+    rest ``<node>_<n>`` (ImporterContext::registerLayer -> generateUniqueName, weightUtils.cpp)."""
+    if layer_name in nodes:
+        return layer_name
+    m = _SUFFIXED.fullmatch(layer_name)
+    return m.group(1) if m and m.group(1) in nodes else None
 
 
-def check_layer_precisions(precision: str, shares: dict[str, float]) -> None:
-    """Refuse an engine whose layers do not show the requested precision.
+def _pin(layer: tensorrt.ILayer, dtype: tensorrt.DataType, floats: tuple[tensorrt.DataType, ...], *,
+         is_plugin: bool) -> bool:
+    """``layer.precision`` and its float outputs' types to ``dtype``; False (untouched) for a layer with no float
+    output that is not a plugin (shape and index layers: constraining them would only fail the build)."""
+    outs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+    if not outs and not is_plugin:
+        return False
+    layer.precision = dtype
+    for j in outs:
+        layer.set_output_type(j, dtype)
+    return True
 
-    fp32: no fp16 or int8 layer; fp16: some fp16 layers and no int8; int8: some int8 layers.
 
-    Raises:
-        EngineBuildError: naming the shares found.
-    """
-    fp16, int8 = shares.get("fp16", 0.0), shares.get("int8", 0.0)
-    ok = {"fp32": fp16 == 0 and int8 == 0, "fp16": fp16 > 0 and int8 == 0, "int8": int8 > 0}.get(precision, False)
-    if not ok:
-        found = ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
-        raise EngineBuildError(
-            f"a {precision} engine was requested but TensorRT built layers {found}; refusing to write it "
-            "(check the ONNX kind and the build path, or build another precision)"
-        )
+def plugin_layer_types(trt: ModuleType) -> tuple[Any, ...]:
+    """``LayerType.PLUGIN*`` members of this TensorRT (PLUGIN_V3 is 10.x+)."""
+    return tuple(getattr(trt.LayerType, n) for n in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, n))
+
+
+def fp32_tail_layers(network: tensorrt.INetworkDefinition, spec: DetectorSpec, plugins: tuple[Any, ...]) -> list[int]:
+    """Indices of the network layers that must stay FP32: the box-delta clamp (the layer writing
+    ``spec.io.box_deltas``), what reads the class logits (sigmoid or the plugin), every plugin layer
+    (EfficientNMS_TRT) and everything downstream of those (the decode's ``exp``, the NMS): the layers the
+    strongly-typed FP16 ONNX keeps in FP32 (docs/TENSORRT.md: confidence compression and ``exp`` overflow)."""
+    producers: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    seeds: set[int] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for k in range(layer.num_inputs):
+            t = layer.get_input(k)
+            if t is not None:
+                consumers.setdefault(t.name, []).append(i)
+        for j in range(layer.num_outputs):
+            producers[layer.get_output(j).name] = i
+        if layer.type in plugins:
+            seeds.add(i)
+    if spec.io.box_deltas in producers:
+        seeds.add(producers[spec.io.box_deltas])
+    seeds.update(consumers.get(spec.io.cls_logits, []))
+    tail, todo = set(seeds), list(seeds)
+    while todo:
+        layer = network.get_layer(todo.pop())
+        for j in range(layer.num_outputs):
+            for c in consumers.get(layer.get_output(j).name, []):
+                if c not in tail:
+                    tail.add(c)
+                    todo.append(c)
+    return sorted(tail)
 
 
 # ---- the build ---------------------------------------------------------------------------------------
@@ -237,8 +266,23 @@ def _spec_for(config: BuildConfig) -> DetectorSpec:
     return DetectorSpec.load(path)
 
 
-def _check_options(config: BuildConfig, caps: TrtCapabilities, path: BuildPath, *, has_calibrator: bool) -> None:
+_VC_PLUGIN_REASON = (
+    "TensorRT's version-compatible plugin library holds no EfficientNMS_TRT (NVIDIA/TensorRT v10.3.0 "
+    "plugin/CMakeLists.txt builds libnvinfer_vc_plugin from VFC_PLUGIN_SOURCES, which only plugin/common and "
+    "roiAlignPlugin add to) and libnvinfer_plugin exports only initLibNvInferPlugins (plugin/exports.map), not the "
+    "getCreators entry a library given to IBuilderConfig.plugins_to_serialize needs (exports-vfc_plugin.map), so "
+    "the plugin cannot be serialised with the plan"
+)
+
+
+def _check_options(config: BuildConfig, caps: TrtCapabilities, path: BuildPath, *, has_calibrator: bool,
+                   nms: str) -> None:
     tv = f"TensorRT {caps.version}"
+    if config.version_compatible and nms == "efficient":
+        raise EngineBuildError(
+            f"version_compatible=True with nms='efficient': {_VC_PLUGIN_REASON}; drop --version-compatible, or "
+            "export with --nms onnx (INMSLayer, a built-in layer) and build that"
+        )
     if config.dla_core is not None:
         if not caps.dla:
             raise EngineBuildError(f"dla_core={config.dla_core} but {tv} has no DLA API; drop --dla")
@@ -301,14 +345,30 @@ def build_engine(
     if not config.onnx.is_file():
         raise InputError(f"ONNX {str(config.onnx)!r} does not exist; pass a model.<precision>.onnx from export")
     spec = _spec_for(config)
-    onnx_kind = onnx_kind_of(config.onnx, config.onnx_kind)
+    info = _describe(config.onnx, spec)
+    onnx_kind = onnx_kind_of(config.onnx, config.onnx_kind, info=info, spec=spec)
     path = choose_path(caps, config.precision, onnx_kind, strongly_typed=config.strongly_typed)
     if calibrator is not None and not path.calibrator:
         raise EngineBuildError(f"a calibrator was given but the {path.describe()} takes none")
-    _check_options(config, caps, path, has_calibrator=calibrator is not None)
+    nms = info.nms if info is not None else spec.nms
+    _check_options(config, caps, path, has_calibrator=calibrator is not None, nms=nms)
+    keep_high = info.keep_high if info is not None else None
+    if info is None and "mixed" in config.onnx.name:
+        raise EngineBuildError(
+            f"{config.onnx.name} may carry a kept-high layer set (retinaedge.keep_high) but the onnx package that "
+            "reads it is not installed; pip install onnx, then build again"
+        )
     out_dir = ensure_writable_dir(config.out_dir)
     onnx_sha = sha256_file(config.onnx)
     notes = [f"TensorRT {caps.version}: {path.describe()}"]
+    warnings: list[str] = []
+    if caps.major >= 11 and nms == "efficient":
+        # plugin/efficientNMSPlugin/README.md at v11.1: "deprecated since TensorRT 10.12 and will be removed";
+        # INMSLayer (what ONNX NonMaxSuppression maps to) replaces it
+        warnings.append(
+            f"EfficientNMS_TRT is deprecated since TensorRT 10.12 and will be removed; on TensorRT {caps.version} "
+            "re-export with `retinaedge export --nms onnx` (INMSLayer) and build that model instead"
+        )
     cuda = cuda if cuda is not None else PyCudaApi(device=0)
     cuda.open()
     try:
@@ -325,7 +385,7 @@ def build_engine(
             )
         builder = trt.Builder(logger)
         flags = 0
-        if path.name == "strongly-typed":
+        if path.name == "strongly-typed" and caps.strongly_typed_flag:  # TRT 9/10; deprecated + ignored in 11
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         if caps.needs_explicit_batch:  # TRT < 10 only; the flag is gone in 11
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -376,11 +436,51 @@ def build_engine(
                 batch = (shape[0],) * 3
         if dynamic:
             bc.add_optimization_profile(profile)
+        if config.dla_core is not None and dynamic and not batch[0] == batch[1] == batch[2]:
+            # TensorRT docs, "DLA Supported Layers and Restrictions": DLA has no dynamic shapes (min = opt = max);
+            # with GPU_FALLBACK a dynamic profile silently puts every layer on the GPU
+            raise EngineBuildError(
+                f"dla_core={config.dla_core} needs a fixed batch profile (DLA has no dynamic shapes: min = opt = max) "
+                f"but batch is {batch[0]}:{batch[1]}:{batch[2]}; pass --batch {batch[1]} (= {batch[1]}:{batch[1]}:"
+                f"{batch[1]}) with --dla"
+            )
 
         if path.fp16_flag:
             bc.set_flag(trt.BuilderFlag.FP16)
         if path.int8_flag:
             bc.set_flag(trt.BuilderFlag.INT8)
+        pinned: dict[str, int] = {}
+        plugins = plugin_layer_types(trt)
+        floats = (trt.DataType.FLOAT, trt.DataType.HALF)
+        if path.name == "weakly-typed" and path.fp16_flag:
+            # FP16 is allowed for every layer here; the tail stays FP32 as in the strongly-typed FP16 ONNX
+            tail = fp32_tail_layers(network, spec, plugins)
+            pinned["fp32_tail"] = sum(
+                _pin(layer, trt.DataType.FLOAT, floats, is_plugin=layer.type in plugins)
+                for layer in (network.get_layer(i) for i in tail)
+            )
+        if path.name == "weakly-typed" and path.int8_flag and keep_high is not None:
+            # issue 11: the kept-high set export --mixed chose, honoured on the implicit/weak path too
+            nodes = set(keep_high["nodes"])
+            dtype = trt.DataType.HALF if keep_high["dtype"] == "fp16" else trt.DataType.FLOAT
+            hit: set[str] = set()
+            count = 0
+            for i in range(network.num_layers):
+                layer = network.get_layer(i)
+                node = _onnx_node_of(layer.name, nodes)
+                if node is not None and _pin(layer, dtype, floats, is_plugin=layer.type in plugins):
+                    hit.add(node)
+                    count += 1
+            pinned["keep_high"] = count
+            if nodes - hit:
+                warnings.append(
+                    f"{len(nodes - hit)} of {len(nodes)} kept-high ONNX nodes match no float network layer "
+                    f"(e.g. {sorted(nodes - hit)[0]!r}); those run at TensorRT's choice"
+                )
+            notes.append(f"kept {count} layers of {len(hit)} ONNX nodes at {keep_high['dtype']} (retinaedge.keep_high)")
+        if any(pinned.values()):
+            bc.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            notes.append("precision constraints obeyed: " + ", ".join(f"{k} {v} layers" for k, v in pinned.items()))
         calib_hash: str | None = None
         own_calibrator = None
         if path.calibrator:
@@ -421,6 +521,20 @@ def build_engine(
             blob = config.timing_cache.read_bytes() if config.timing_cache.is_file() else b""
             timing_cache = bc.create_timing_cache(blob)
             cache_state = "loaded" if blob else "new"
+            if timing_cache is None:
+                # an ill-formed blob gives nullptr (NVIDIA samples/utils/timingCache.cpp buildTimingCacheFromFile:
+                # "TimingCache creation failed"); start afresh and write the new cache over it after the build
+                if config.require_timing_cache_hit:
+                    raise EngineBuildError(
+                        f"timing cache {str(config.timing_cache)!r} ({len(blob)} bytes) is corrupt, so "
+                        "require_timing_cache_hit=True cannot be met; delete it and build once without it"
+                    )
+                warnings.append(
+                    f"timing cache {str(config.timing_cache)!r} ({len(blob)} bytes) is not a TensorRT timing cache "
+                    "(corrupt or truncated); building with a new one, written over it"
+                )
+                timing_cache = bc.create_timing_cache(b"")
+                cache_state = "corrupt, rebuilt"
             if not bc.set_timing_cache(timing_cache, False):  # another GPU/TensorRT's cache: start afresh
                 bc.set_timing_cache(bc.create_timing_cache(b""), False)
                 cache_state = "rejected (other device or TensorRT), rebuilt"
@@ -452,11 +566,14 @@ def build_engine(
         engine = runtime.deserialize_cuda_engine(plan_bytes)
         if engine is None:
             raise EngineBuildError("TensorRT built a plan it cannot deserialize; see the TensorRT log above")
-        inspector = engine.create_engine_inspector()
-        shares, num_layers = layer_precision_shares(
-            inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-        )
-        check_layer_precisions(path.precision, shares)
+        engine_inspector = engine.create_engine_inspector()
+        summary = inspector.summarize(engine_inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        warnings += check_layer_precisions(path, summary, explicit_quantization=onnx_kind == "qdq")
+        if config.dla_core is not None:
+            notes.append(f"DLA core {config.dla_core}: {summary.dla_layers} of {summary.math_layers} layers "
+                         f"({summary.dla_share:.0%}) on the DLA, the rest on the GPU")
+            if not summary.dla_layers:
+                warnings.append(f"dla_core={config.dla_core} but no layer runs on the DLA (all fell back to the GPU)")
     finally:
         cuda.close()
 
@@ -475,11 +592,19 @@ def build_engine(
         "timing_cache_state": cache_state,
         "version_compatible": config.version_compatible,
         "hardware_compatible": config.hardware_compatible,
+        "nms": nms,
+        "precision_constraints": pinned,
+        "inspector_schema": summary.schema,
+        "layers_excluded": summary.excluded,
+        "layers_opaque": summary.opaque,
+        "warnings": warnings,
     }
+    if config.dla_core is not None:
+        build_options["dla_layer_share"] = summary.dla_share
     if own_calibrator is not None:
         build_options["calib_batches"] = own_calibrator.batches_used
         build_options["calib_cache_hit"] = own_calibrator.cache_hit
-    sidecar = EngineSidecar(
+    sidecar = EngineSidecar(  # build_options["dla_core"]: the runner sets Runtime.DLA_core from it
         trt_version=caps.version,
         device_name=device_name,
         compute_capability=cc,
@@ -489,10 +614,12 @@ def build_engine(
         calib_hash=calib_hash,
         build_options=build_options,
         build_time_s=round(build_time, 3),
-        layer_precisions=shares,
-        num_layers=num_layers,
+        layer_precisions=summary.shares,
+        num_layers=summary.num_layers,
     )
     atomic_write_bytes(engine_path, plan_bytes)
     side = sidecar_path(engine_path)
     sidecar.save(side)
-    return BuildResult(engine_path=engine_path, sidecar_path=side, sidecar=sidecar, path=path, notes=tuple(notes))
+    notes += [f"warning: {w}" for w in warnings]
+    return BuildResult(engine_path=engine_path, sidecar_path=side, sidecar=sidecar, path=path, notes=tuple(notes),
+                       warnings=tuple(warnings))

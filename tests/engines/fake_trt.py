@@ -19,10 +19,33 @@ from typing import Any
 import numpy as np
 from trt_namespaces import CLASSES, namespace
 
+# ``Format/Datatype`` strings exactly as TensorRT 8.6 / 10.x print them: the keys of trt-engine-explorer's
+# ``_regionFormatDict`` (NVIDIA/TensorRT v10.3.0, tools/experimental/trt-engine-explorer/trex/activations.py),
+# e.g. ``"Row major linear UInt8 format" : "UInt8 NCHW"`` and ``"Channel major UInt8 format": "UInt8 NHWC"``.
 FP32 = "Row major linear FP32"
 FP16 = "Channel major FP16 format where channel % 8 == 0"
 INT8 = "Thirty-two wide channel vectorized row major Int8 format"
-INT32 = "Row major linear INT32"
+INT8_NHWC16 = "Channel major INT8 format where channel % 16 == 0"
+INT32 = "Row major linear Int32"
+UINT8 = "Row major linear UInt8 format"
+UINT8_NHWC = "Channel major UInt8 format"
+# the same table's "kgen formats" (Myelin regions print a bare type name; also ``Format/Datatype: Float`` in
+# NVIDIA/TensorRT v11.1 samples/sampleEditableTimingCache/README.md)
+KGEN = {"fp32": "Float", "fp16": "Half", "int8": "Int8", "uint8": "UInt8", "int32": "Int32", "bf16": "BFloat16"}
+_TOKEN_OF = {"FP32": "fp32", "FP16": "fp16", "Int8": "int8", "INT8": "int8", "UInt8": "uint8", "Int32": "int32",
+             "INT32": "int32", "BFloat16": "bf16", "Float": "fp32", "Half": "fp16"}
+
+
+def split_format(fmt: str) -> dict[str, str]:
+    """A 10.x ``Format/Datatype`` string as TensorRT 11.x writes it: ``DataType`` (a kgen type name) + ``Format``.
+
+    Shape from the 10.x-to-11.x migration guide, "Migrating IEngineInspector Usage from TensorRT 10.x to 11.x"
+    (docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html): its
+    ``I/O Tensors`` entries read ``"DataType": "Float"`` beside ``"Format": "Row major linear FP32 format
+    (kLINEAR)"``, and it lists "the split of the Format/DataType field" for layer tensors.
+    """
+    token = next((_TOKEN_OF[w] for w in fmt.replace(".", " ").split() if w in _TOKEN_OF), None)
+    return {"DataType": KGEN[token] if token else "None", "Format": fmt}
 
 
 @dataclass
@@ -39,6 +62,8 @@ class Recorder:
     calibrator: Any = None
     calibration_batches: int = 0
     attributes: dict[str, Any] = field(default_factory=dict)
+    layer_precisions: dict[str, str] = field(default_factory=dict)
+    output_types: dict[tuple[str, int], str] = field(default_factory=dict)
     timing_cache_in: bytes | None = None
     builds: int = 0
     host_code_allowed: bool = False
@@ -54,11 +79,18 @@ def fake_tensorrt(
     num_dla_cores: int = 0,
     build_ok: bool = True,
     plan: bytes = b"PLAN-BYTES",
+    network_layers: list[tuple[str, str, list[str], list[tuple[str, str]]]] | None = None,
+    io_tensors: list[str] | None = None,
 ) -> tuple[ModuleType, Recorder]:
     """A ``tensorrt`` module for ``flavour`` whose builder records what it was asked to do.
 
     Args:
-        layers: ``Format/Datatype`` of each built layer's first input, reported by the engine inspector.
+        layers: what the engine inspector reports per built layer: a ``Format/Datatype`` string (a layer
+            ``layer<i>`` with that one input), or a whole layer dict in the 8.6/10.x shape; the 11.1 flavour
+            rewrites every tensor with `split_format` and ``Bindings`` as ``I/O Tensors``.
+        network_layers: the parsed network as ``(name, LayerType member, input names, [(output, DataType)])``;
+            default: a convolution reading ``images`` and a plugin layer.
+        io_tensors: the engine's I/O tensor names for ``Bindings`` / ``I/O Tensors``.
         parse_errors: errors the ONNX parser reports (a non-empty tuple fails the parse).
         input_shape: the network input's shape (-1: dynamic batch).
         qdq: the parsed network holds Q/DQ layers.
@@ -80,23 +112,68 @@ def fake_tensorrt(
         rec.plugins_initialised += 1
         return True
 
-    layer_type = enum.IntEnum("LayerType", ["CONVOLUTION", "QUANTIZE", "DEQUANTIZE", "PLUGIN_V2"], start=0)
+    layer_type = enum.IntEnum("LayerType", ["CONVOLUTION", "QUANTIZE", "DEQUANTIZE", "PLUGIN_V2", "ELEMENTWISE",
+                                            "UNARY", "ACTIVATION", "CONCATENATION", "CONSTANT", "SHAPE", "NMS"],
+                              start=0)
+    data_type = enum.IntEnum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "INT64"], start=0)
 
     @dataclass
     class Tensor:
         name: str
         shape: tuple[int, ...]
+        dtype: Any = data_type.FLOAT
 
-    @dataclass
     class Layer:
-        type: Any
+        """An ILayer: name, type, tensors; records ``precision`` and ``set_output_type`` (pyGraph.cpp names)."""
+
+        def __init__(self, name: str, kind: Any, inputs: list[Tensor], outputs: list[Tensor]) -> None:
+            self.name, self.type, self._inputs, self._outputs = name, kind, inputs, outputs
+            self.output_types: dict[int, Any] = {}
+            self._precision: Any = None
+
+        @property
+        def precision(self) -> Any:
+            return self._precision
+
+        @precision.setter
+        def precision(self, value: Any) -> None:
+            self._precision = value
+            rec.layer_precisions[self.name] = value.name
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self._inputs)
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self._outputs)
+
+        def get_input(self, k: int) -> Tensor:
+            return self._inputs[k]
+
+        def get_output(self, j: int) -> Tensor:
+            return self._outputs[j]
+
+        def set_output_type(self, j: int, dtype: Any) -> None:
+            rec.output_types[(self.name, j)] = dtype.name
+
+    spec_layers = network_layers if network_layers is not None else [
+        ("conv", "CONVOLUTION", ["images"], [("feat", "FLOAT")]),
+        *([("q", "QUANTIZE", ["feat"], [("fq", "INT8")]), ("dq", "DEQUANTIZE", ["fq"], [("fdq", "FLOAT")])]
+          if qdq else []),
+        ("efficient_nms", "PLUGIN_V2", ["feat"], [("num_detections", "INT32"), ("detection_boxes", "FLOAT")]),
+    ]
 
     class Network:
         num_inputs = 1
 
         def __init__(self) -> None:
-            kinds = [layer_type.QUANTIZE, layer_type.DEQUANTIZE] if qdq else []
-            self._layers = [Layer(t) for t in [layer_type.CONVOLUTION, *kinds, layer_type.PLUGIN_V2]]
+            tensors: dict[str, Tensor] = {"images": Tensor("images", input_shape, data_type.UINT8)}
+            self._layers = []
+            for name, kind, ins, outs in spec_layers:
+                out_t = [Tensor(o, (), data_type[d]) for o, d in outs]
+                tensors.update((t.name, t) for t in out_t)
+                self._layers.append(Layer(name, layer_type[kind], [tensors[i] for i in ins], out_t))
 
         def get_input(self, i: int) -> Tensor:
             return Tensor("images", input_shape)
@@ -137,6 +214,9 @@ def fake_tensorrt(
         def serialize(self) -> bytes:
             return self.blob + b"|timed"
 
+    def well_formed(blob: bytes) -> bool:  # invented stand-in for TensorRT's own header check
+        return not blob or bytes(blob).endswith(b"|timed")
+
     def _config_methods() -> dict[str, Any]:
         def set_memory_pool_limit(self: Any, pool: Any, size: int) -> None:
             rec.pool_limits[pool.name] = size
@@ -152,8 +232,11 @@ def fake_tensorrt(
             rec.calibration_profile = profile.shapes
             return True
 
-        def create_timing_cache(self: Any, blob: bytes) -> TimingCache:
-            return TimingCache(blob)
+        def create_timing_cache(self: Any, blob: bytes) -> TimingCache | None:
+            # an ill-formed blob gives None, as IBuilderConfig::createTimingCache gives nullptr (NVIDIA/TensorRT
+            # v10.3.0 samples/utils/timingCache.cpp: SMP_RETVAL_IF_FALSE(timingCache != nullptr, "TimingCache
+            # creation failed", ...))
+            return TimingCache(blob) if well_formed(blob) else None
 
         def set_timing_cache(self: Any, cache: TimingCache, ignore_mismatch: bool) -> bool:
             rec.timing_cache_in = cache.blob
@@ -176,10 +259,7 @@ def fake_tensorrt(
 
     class Inspector:
         def get_engine_information(self, fmt: Any) -> str:
-            return json.dumps({"Layers": [
-                {"Name": f"layer{i}", "LayerType": "Fake", "Inputs": [{"Name": "t", "Format/Datatype": f}],
-                 "Outputs": []} for i, f in enumerate(layer_formats)
-            ], "Bindings": ["images"]})
+            return inspector_json(flavour, layer_formats, io_tensors or ["images"])
 
     class Engine:
         def create_engine_inspector(self) -> Inspector:
@@ -230,10 +310,35 @@ def fake_tensorrt(
     for name, value in {
         "Logger": Logger, "init_libnvinfer_plugins": init_libnvinfer_plugins, "LayerType": layer_type,
         "OnnxParser": OnnxParser, "Builder": Builder, "Runtime": Runtime, "Dims": tuple,
-        "IBuilderConfig": builder_config,
+        "IBuilderConfig": builder_config, "DataType": data_type,
     }.items():
         setattr(trt, name, value)
     return trt, rec
+
+
+def inspector_json(flavour: str, layers: list[Any], io_tensors: list[str]) -> str:
+    """``get_engine_information(JSON)`` in the shape of ``flavour``: ``{"Layers", "Bindings"}`` with
+    ``Format/Datatype`` (8.6 / 10.x), or ``{"Layers", "I/O Tensors"}`` with ``DataType`` + ``Format`` (11.x,
+    `split_format`)."""
+    out = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, str):
+            layer = {"Name": f"layer{i}", "LayerType": "CaskConvolution",
+                     "Inputs": [{"Name": f"t{i}", "Dimensions": [1, 8, 4, 4], "Format/Datatype": layer}],
+                     "Outputs": []}
+        out.append(layer)
+    if not flavour.startswith("11"):
+        return json.dumps({"Layers": out, "Bindings": io_tensors})
+
+    def split(t: dict[str, Any]) -> dict[str, Any]:
+        t = dict(t)
+        fmt = t.pop("Format/Datatype", None)
+        return {**t, **split_format(fmt)} if isinstance(fmt, str) else t
+
+    out = [{**layer, **{k: [split(t) for t in layer.get(k, [])] for k in ("Inputs", "Outputs")}} for layer in out]
+    io = [{"Name": n, "IOMode": "Input" if i == 0 else "Output", "DataType": "Float", "Dimensions": [1],
+           "Location": "Device", "IsShapeInferenceIO": False} for i, n in enumerate(io_tensors)]
+    return json.dumps({"Layers": out, "I/O Tensors": io})
 
 
 class HostCuda:

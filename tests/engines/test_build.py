@@ -12,15 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_trt import FP16, FP32, INT8, INT32, HostCuda, fake_tensorrt
+from fake_trt import FP16, FP32, INT8, UINT8, HostCuda, fake_tensorrt
 
-from retinaedge.engines.build import (
-    BuildConfig,
-    build_engine,
-    check_layer_precisions,
-    layer_precision_shares,
-    onnx_kind_of,
-)
+from retinaedge.engines.build import BuildConfig, build_engine, onnx_kind_of
 from retinaedge.runtime.engine_meta import EngineSidecar
 from retinaedge.runtime.errors import EngineBuildError, InputError, MissingDependencyError
 from retinaedge.runtime.io import sha256_file
@@ -32,12 +26,34 @@ SPEC = DetectorSpec(
 )
 
 
+def write_onnx(path: Path, precision: str, *, nms: str = "efficient", keep_high: dict | None = None,
+               target: str | None = None) -> Path:
+    """A one-node ONNX carrying the metadata ``retinaedge export`` writes (what `describe_onnx` reads); the fake
+    TensorRT never parses it, so its graph does not matter."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="id")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    meta = {"retinaedge.precision": precision, "retinaedge.nms": nms}
+    if keep_high is not None:
+        meta["retinaedge.keep_high"] = json.dumps(keep_high)
+    if target is not None:
+        meta["retinaedge.target"] = target
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture
 def export_dir(tmp_path: Path) -> Path:
     d = tmp_path / "export"
     d.mkdir()
-    for name in ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx"):
-        (d / name).write_bytes(b"onnx bytes of " + name.encode())
+    for precision in ("fp32", "fp16", "int8"):
+        write_onnx(d / f"model.{precision}.onnx", precision)
     SPEC.save(d / "spec.json")
     return d
 
@@ -72,8 +88,9 @@ def test_fp32_build_writes_raw_plan_and_sidecar(export_dir, flavour):
     assert rec.attributes["profiling_verbosity"].name == "DETAILED"
     assert rec.profiles == [{"images": ((1, 3, 64, 64), (1, 3, 64, 64), (8, 3, 64, 64))}]
     assert side.build_options["batch"] == [1, 1, 8]
-    # 8.6 needs EXPLICIT_BATCH (bit 0); 10.3/11.1 build strongly typed (STRONGLY_TYPED is bit 1 in 10.3, 0 in 11.1)
-    expected = {"8.6": 1 << 0, "10.3": 1 << 1, "11.1": 1 << 0}[flavour]
+    # 8.6 needs EXPLICIT_BATCH (bit 0); 10.3 builds strongly typed with STRONGLY_TYPED (bit 1); 11.1 is strongly
+    # typed without it: the flag is "deprecated and ignored" there (include/NvInfer.h at v11.1), so it is not set
+    expected = {"8.6": 1 << 0, "10.3": 1 << 1, "11.1": 0}[flavour]
     assert rec.network_flags == expected
     assert side.build_options["path"] == ("weakly-typed" if flavour == "8.6" else "strongly-typed")
     assert cuda.opened == cuda.closed == 1
@@ -82,14 +99,15 @@ def test_fp32_build_writes_raw_plan_and_sidecar(export_dir, flavour):
 def test_weak_fp16_sets_the_flag_and_checks_layers(export_dir):
     result, rec, _ = _build(export_dir, "model.fp32.onnx", "10.3", precision="fp16",
                             fake={"layers": [FP32, FP16, FP16, FP16]})
-    assert rec.flags == ["FP16"] and rec.network_flags == 0
+    # FP16 plus the FP32 tail's constraints (the plugin layer pinned: item 5)
+    assert rec.flags == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and rec.network_flags == 0
     assert result.sidecar.precision == "fp16" and result.sidecar.layer_precisions["fp16"] == 0.75
     assert result.engine_path.name == "model.fp16.engine"
 
 
-def test_fp16_requested_but_fp32_layers_is_refused_and_nothing_written(export_dir):
-    with pytest.raises(EngineBuildError, match="fp16 engine was requested but TensorRT built layers fp32 100%"):
-        _build(export_dir, "model.fp32.onnx", "10.3", precision="fp16", fake={"layers": [FP32, FP32]})
+def test_strong_fp16_with_fp32_layers_only_is_refused_and_nothing_written(export_dir):
+    with pytest.raises(EngineBuildError, match=r"fp16 engine was requested .* built layers fp32 100%"):
+        _build(export_dir, "model.fp16.onnx", "10.3", fake={"layers": [FP32, FP32]})
     assert _no_outputs(export_dir)
 
 
@@ -149,7 +167,7 @@ def test_weak_int8_with_calibrator(export_dir, flavour):
     cal = _Calibrator()
     result, rec, _ = _build(export_dir, "model.fp32.onnx", flavour, precision="int8", calibrator=cal,
                             batch=(1, 2, 8), fake={"layers": [FP32, INT8, INT8, FP16]})
-    assert rec.flags == ["FP16", "INT8"] and rec.attributes["int8_calibrator"] is cal
+    assert rec.flags == ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"] and rec.attributes["int8_calibrator"] is cal
     assert rec.calibration_batches == 3 and cal.written
     # calibration runs at the calibration profile's shape: the calibrator's batch
     assert rec.calibration_profile == {"images": ((4, 3, 64, 64),) * 3}
@@ -158,7 +176,7 @@ def test_weak_int8_with_calibrator(export_dir, flavour):
 
 def test_qdq_on_weak_trt_sets_int8_without_calibrator(export_dir):
     result, rec, _ = _build(export_dir, "model.int8.onnx", "8.6", fake={"layers": [FP32, INT8], "qdq": True})
-    assert rec.flags == ["FP16", "INT8"] and "int8_calibrator" not in rec.attributes
+    assert rec.flags == ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"] and "int8_calibrator" not in rec.attributes
     assert result.sidecar.build_options["calibrator"] is False
 
 
@@ -174,16 +192,17 @@ def test_calibrator_on_a_path_without_calibration_is_refused(export_dir):
 
 def test_dla(export_dir):
     with pytest.raises(EngineBuildError, match="has 0 DLA cores"):
-        _build(export_dir, "model.fp16.onnx", "10.3", dla_core=0, fake={"layers": [FP16]})
+        _build(export_dir, "model.fp16.onnx", "10.3", dla_core=0, batch=(1, 1, 1), fake={"layers": [FP16]})
     with pytest.raises(EngineBuildError, match="needs an fp16 or int8 engine"):
         _build(export_dir, "model.fp32.onnx", "10.3", dla_core=0, fake={"num_dla_cores": 2})
-    result, rec, _ = _build(export_dir, "model.fp16.onnx", "10.3", dla_core=1,
+    result, rec, _ = _build(export_dir, "model.fp16.onnx", "10.3", dla_core=1, batch=(2, 2, 2),
                             fake={"layers": [FP16], "num_dla_cores": 2})
     assert rec.attributes["default_device_type"].name == "DLA" and rec.attributes["DLA_core"] == 1
     assert "GPU_FALLBACK" in rec.flags and result.sidecar.build_options["dla_core"] == 1
 
 
 def test_compatibility_flags(export_dir):
+    write_onnx(export_dir / "model.fp32.onnx", "fp32", nms="onnx")  # EfficientNMS cannot be version-compatible
     result, rec, _ = _build(export_dir, "model.fp32.onnx", "10.3", version_compatible=True, hardware_compatible=True)
     assert "VERSION_COMPATIBLE" in rec.flags
     assert rec.attributes["hardware_compatibility_level"].name == "AMPERE_PLUS"
@@ -248,6 +267,7 @@ def test_onnx_kind_from_names(tmp_path):
 
 
 def test_onnx_kind_from_content(tmp_path):
+    # the content is read by runtime.onnxinfo.describe_onnx (issue 12 item 1); metadata-less graphs by their ops
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -262,66 +282,148 @@ def test_onnx_kind_from_content(tmp_path):
     zp = helper.make_tensor("z", TensorProto.INT8, [], [0])
     qdq = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
-    assert onnx_kind_of(save("a.onnx", qdq, [scale, zp])) == "qdq"
+    assert onnx_kind_of(save("a.onnx", qdq, [scale, zp]), spec=SPEC) == "qdq"
     half = helper.make_tensor("h", TensorProto.FLOAT16, [1], [1.0])
-    assert onnx_kind_of(save("b.onnx", [helper.make_node("Identity", ["x"], ["y"])], [half])) == "fp16"
-    assert onnx_kind_of(save("c.onnx", [helper.make_node("Identity", ["x"], ["y"])], [])) == "fp32"
+    assert onnx_kind_of(save("b.onnx", [helper.make_node("Identity", ["x"], ["y"])], [half]), spec=SPEC) == "fp16"
+    assert onnx_kind_of(save("c.onnx", [helper.make_node("Identity", ["x"], ["y"])], []), spec=SPEC) == "fp32"
+    # export's metadata wins where present: a mixed INT8 file is Q/DQ, the CPU INT8 file is refused
+    mixed = write_onnx(tmp_path / "model.int8-mixed.onnx", "int8", keep_high={"nodes": ["a"], "dtype": "fp16"})
+    assert onnx_kind_of(mixed, spec=SPEC) == "qdq"
+    with pytest.raises(InputError, match="target='cpu'"):
+        onnx_kind_of(write_onnx(tmp_path / "cpu.onnx", "int8", target="cpu"), spec=SPEC)
 
 
-# ---- engine inspector parsing -------------------------------------------------------------------------
-# Layers as TensorRT's inspector reports them with DETAILED verbosity: trimmed from trt-engine-explorer's
-# examples/pytorch/resnet/A100/qat/resnet-qat.onnx.engine.graph.json (NVIDIA/TensorRT v10.13.0).
-TREX_QAT = {"Layers": [
-    {"Name": "QuantizeLinear_2", "LayerType": "Reformat",
-     "Inputs": [{"Name": "input.1", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Row major linear FP32"}],
-     "Outputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                  "Format/Datatype": "Row major Int8 format"}]},
-    {"Name": "conv1.weight + QuantizeLinear_7 + Conv_9 + MaxPool_12", "LayerType": "ConvActPool",
-     "Inputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Row major Int8 format"}],
-     "Outputs": [{"Name": "onnx::DequantizeLinear_140", "Location": "Device", "Dimensions": [32, 64, 56, 56],
-                  "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
-    {"Name": "fc", "LayerType": "CaskGemmConvolution",
-     "Inputs": [{"Name": "x", "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
-     "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32"}]},
-    {"Name": "head", "LayerType": "Convolution",
-     "Inputs": [{"Name": "z", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
-     "Outputs": []},
-], "Bindings": ["input.1", "output"]}
+# ---- issue 13, build side: each test below fails on the code before it ---------------------------------------
+def test_item1_trt11_inspector_shape_is_read(export_dir):
+    # the 11.1 fake writes DataType + Format per tensor and I/O Tensors (fake_trt.split_format, from the 11.x
+    # migration guide); reading only "Format/Datatype" made every layer "other" and refused every FP16 build
+    result, _, _ = _build(export_dir, "model.fp16.onnx", "11.1", fake={"layers": [FP32, FP16, FP16, FP16]})
+    side = result.sidecar
+    assert side.layer_precisions == {"fp32": 0.25, "fp16": 0.75, "int8": 0.0, "other": 0.0}
+    assert side.build_options["inspector_schema"] == "11.x"
 
 
-def test_layer_precision_shares_from_inspector_json():
-    shares, n = layer_precision_shares(json.dumps(TREX_QAT))
-    assert n == 4 and shares == {"fp32": 0.25, "fp16": 0.25, "int8": 0.5, "other": 0.0}
-    shares, n = layer_precision_shares(json.dumps({"Layers": [
-        {"Inputs": [{"Format/Datatype": INT32}]}, {"Inputs": [], "Outputs": [{"Format/Datatype": FP16}]}]}))
-    assert shares == {"fp32": 0.0, "fp16": 0.5, "int8": 0.0, "other": 0.5}
+def _uint8_input_reformat() -> dict:
+    # the network input (uint8, the spec's default) cast/reformatted to FP32 for the first convolution: a layer of
+    # the TREx fp16 example's shape (see test_inspector.TREX_FP16) with the input format TREx lists for UInt8
+    return {"Name": "Reformatting CopyNode for Input Tensor 0 to conv", "LayerType": "Reformat",
+            "Inputs": [{"Name": "images", "Location": "Device", "Dimensions": [1, 3, 64, 64],
+                        "Format/Datatype": UINT8}],
+            "Outputs": [{"Name": "Reformatted Input Tensor 0 to conv", "Location": "Device",
+                         "Dimensions": [1, 3, 64, 64], "Format/Datatype": FP32}]}
 
 
-def test_layer_names_only_cannot_verify():
-    # ProfilingVerbosity.LAYER_NAMES_ONLY gives names, not dicts
-    with pytest.raises(EngineBuildError, match="DETAILED"):
-        layer_precision_shares(json.dumps({"Layers": ["conv1", "relu1"]}))
-    with pytest.raises(EngineBuildError, match="not the expected JSON"):
-        layer_precision_shares("Layers: conv1")
+@pytest.mark.parametrize("flavour", ["8.6", "10.3", "11.1"])
+def test_item2_uint8_input_is_not_int8(export_dir, flavour):
+    # before: "INT8" in "ROW MAJOR LINEAR UINT8 FORMAT" counted the input as INT8 and refused this FP32 build
+    result, _, _ = _build(export_dir, "model.fp32.onnx", flavour, fake={"layers": [_uint8_input_reformat(), FP32]})
+    assert result.sidecar.layer_precisions["fp32"] == 1.0
+    assert result.sidecar.build_options["layers_excluded"] == 1
 
 
-@pytest.mark.parametrize(
-    ("precision", "shares", "ok"),
-    [
-        ("fp32", {"fp32": 1.0, "fp16": 0.0, "int8": 0.0}, True),
-        ("fp32", {"fp32": 0.9, "fp16": 0.1, "int8": 0.0}, False),
-        ("fp16", {"fp32": 0.2, "fp16": 0.8, "int8": 0.0}, True),
-        ("fp16", {"fp32": 1.0, "fp16": 0.0, "int8": 0.0}, False),
-        ("fp16", {"fp32": 0.2, "fp16": 0.7, "int8": 0.1}, False),
-        ("int8", {"fp32": 0.2, "fp16": 0.3, "int8": 0.5}, True),
-        ("int8", {"fp32": 0.2, "fp16": 0.8, "int8": 0.0}, False),
-    ],
-)
-def test_check_layer_precisions(precision, shares, ok):
-    if ok:
-        check_layer_precisions(precision, shares)
-    else:
-        with pytest.raises(EngineBuildError, match=f"a {precision} engine was requested"):
-            check_layer_precisions(precision, shares)
+def test_item2_an_int8_engine_with_only_a_uint8_input_is_refused(export_dir):
+    with pytest.raises(EngineBuildError, match="Q/DQ ONNX must give INT8 layers"):
+        _build(export_dir, "model.int8.onnx", "10.3", fake={"layers": [_uint8_input_reformat(), FP32], "qdq": True})
+
+
+def test_item3_weak_fp16_all_fp32_warns_not_fails(export_dir):
+    result, _, _ = _build(export_dir, "model.fp32.onnx", "10.3", precision="fp16", fake={"layers": [FP32, FP32]})
+    assert result.sidecar.precision == "fp16" and result.engine_path.is_file()
+    assert any("allows FP16 but does not force it" in w for w in result.warnings)
+    assert result.sidecar.build_options["warnings"] == list(result.warnings)
+
+
+def test_item4_dla_refuses_a_dynamic_profile(export_dir):
+    with pytest.raises(EngineBuildError, match=r"dla_core=0 needs a fixed batch profile .* 1:1:8; pass --batch 1"):
+        _build(export_dir, "model.fp16.onnx", "10.3", dla_core=0, fake={"layers": [FP16], "num_dla_cores": 2})
+    assert _no_outputs(export_dir)
+
+
+def test_item4_dla_share_from_the_inspector(export_dir):
+    from test_inspector import DLA_LAYERS
+
+    result, _, _ = _build(export_dir, "model.fp16.onnx", "10.3", dla_core=0, batch=(1, 1, 1),
+                          fake={"layers": DLA_LAYERS, "num_dla_cores": 2})
+    assert result.sidecar.build_options["dla_layer_share"] == 0.5 and result.sidecar.build_options["dla_core"] == 0
+    assert any("1 of 2 layers (50%) on the DLA" in n for n in result.notes)
+
+
+# a RetinaNet tail as onnx-tensorrt names it (a layer per ONNX node, named after it): the names and wiring of
+# tests/engines/tiny_onnx.py / export/surgery.py -- heads' Concat, the clamp Min writing box_deltas, the plugin
+RETINA_NET = [
+    ("conv1", "CONVOLUTION", ["images"], [("feat", "FLOAT")]),
+    ("cls_head", "CONVOLUTION", ["feat"], [("cls_raw", "FLOAT")]),
+    ("box_head", "CONVOLUTION", ["feat"], [("box_raw", "FLOAT")]),
+    ("cls_logits/Concat", "CONCATENATION", ["cls_raw"], [("cls_logits", "FLOAT")]),
+    ("box_deltas/Min", "ELEMENTWISE", ["box_raw"], [("box_deltas", "FLOAT")]),
+    ("efficient_nms", "PLUGIN_V2", ["box_deltas", "cls_logits"],
+     [("num_detections", "INT32"), ("detection_boxes", "FLOAT"), ("detection_scores", "FLOAT"),
+      ("detection_classes", "INT32")]),
+]
+
+
+@pytest.mark.parametrize("flavour", ["8.6", "10.3"])
+def test_item5_weak_fp16_pins_the_tail_to_fp32(export_dir, flavour):
+    _, rec, _ = _build(export_dir, "model.fp32.onnx", flavour, precision="fp16",
+                       fake={"layers": [FP16, FP32], "network_layers": RETINA_NET})
+    assert rec.layer_precisions == {"box_deltas/Min": "FLOAT", "efficient_nms": "FLOAT"}
+    assert rec.output_types == {("box_deltas/Min", 0): "FLOAT", ("efficient_nms", 1): "FLOAT",
+                                ("efficient_nms", 2): "FLOAT"}  # the int32 outputs keep their type
+    assert rec.flags == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+
+
+def test_item5_strongly_typed_sets_no_layer_precision(export_dir):
+    _, rec, _ = _build(export_dir, "model.fp16.onnx", "10.3", fake={"layers": [FP16], "network_layers": RETINA_NET})
+    assert rec.layer_precisions == {} and "OBEY_PRECISION_CONSTRAINTS" not in rec.flags
+
+
+def test_item5_weak_int8_applies_the_kept_high_set(export_dir):
+    # issue 11: model.int8-mixed.onnx says which ONNX nodes stay FP16; onnx-tensorrt names a node's layers
+    # <node>, <node>_1, ... (ImporterContext::registerLayer / generateUniqueName)
+    keep = {"nodes": ["cls_head", "box_head", "gone"], "dtype": "fp16"}
+    write_onnx(export_dir / "model.int8-mixed.onnx", "int8", keep_high=keep)
+    qdq = [("q", "QUANTIZE", ["images"], [("iq", "INT8")]), ("dq", "DEQUANTIZE", ["iq"], [("idq", "FLOAT")])]
+    net = [*qdq, *RETINA_NET[:2], ("box_head", "CONVOLUTION", ["feat"], [("b0", "FLOAT")]),
+           ("box_head_1", "ELEMENTWISE", ["b0"], [("box_raw", "FLOAT")]), *RETINA_NET[3:]]
+    result, rec, _ = _build(export_dir, "model.int8-mixed.onnx", "8.6",
+                            fake={"layers": [INT8, FP16], "network_layers": net})
+    assert {k: v for k, v in rec.layer_precisions.items() if "head" in k} == {
+        "cls_head": "HALF", "box_head": "HALF", "box_head_1": "HALF"}
+    assert result.sidecar.build_options["precision_constraints"]["keep_high"] == 3
+    assert any("1 of 3 kept-high ONNX nodes match no" in w for w in result.warnings)
+
+
+def test_item6_efficient_nms_on_trt11_warns_with_the_fix(export_dir):
+    result, _, _ = _build(export_dir, "model.fp16.onnx", "11.1", fake={"layers": [FP16]})
+    assert any("deprecated since TensorRT 10.12" in w and "--nms onnx" in w for w in result.warnings)
+    write_onnx(export_dir / "model.fp16.onnx", "fp16", nms="onnx")
+    result, _, _ = _build(export_dir, "model.fp16.onnx", "11.1", fake={"layers": [FP16]})
+    assert not result.warnings and result.sidecar.build_options["nms"] == "onnx"
+
+
+def test_item7_corrupt_timing_cache_is_reported_and_rebuilt(export_dir, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00garbage, not a TensorRT timing cache")
+    result, rec, _ = _build(export_dir, "model.fp32.onnx", "10.3", timing_cache=cache)
+    assert rec.timing_cache_in == b"" and cache.read_bytes() == b"|timed"  # rebuilt, then written over it
+    assert result.sidecar.build_options["timing_cache_state"] == "corrupt, rebuilt"
+    assert any("is not a TensorRT timing cache" in w and str(cache) in w for w in result.warnings)
+    cache.write_bytes(b"garbage")
+    with pytest.raises(EngineBuildError, match="corrupt, so require_timing_cache_hit=True cannot be met"):
+        _build(export_dir, "model.fp32.onnx", "10.3", timing_cache=cache, require_timing_cache_hit=True)
+
+
+def test_item8_version_compatible_refuses_efficient_nms(export_dir):
+    with pytest.raises(EngineBuildError, match=r"version_compatible=True with nms='efficient'.*--nms onnx"):
+        _build(export_dir, "model.fp32.onnx", "10.3", version_compatible=True)
+    assert _no_outputs(export_dir)
+
+
+def test_item9_trt11_without_the_strongly_typed_flag_builds(export_dir):
+    import enum
+
+    trt, rec = fake_tensorrt("11.1", layers=[FP16])
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", ["PREFER_AOT_PYTHON_PLUGINS"])
+    config = BuildConfig(onnx=export_dir / "model.fp16.onnx", out_dir=export_dir.parent / "engines")
+    result = build_engine(config, trt_module=trt, cuda=HostCuda())
+    assert result.path.name == "strongly-typed" and rec.network_flags == 0

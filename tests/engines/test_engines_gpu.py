@@ -64,10 +64,10 @@ def _build(case, caps, workdir: Path, **extra):
         pytest.skip(f"TensorRT {caps.version} has no {needs}: path {cid} is not offered")
     key = cid + repr(sorted(extra.items()))
     if key not in _built:
+        settings = {"batch": (1, 2, 4), "calib_batch_size": 4, "workspace_mb": 256, **extra}
         config = BuildConfig(
-            onnx=workdir / "onnx" / onnx, out_dir=workdir / "engines" / cid, precision=precision, batch=(1, 2, 4),
-            strongly_typed=strongly, calib_data=workdir / "calib" if "calibrator" in cid else None,
-            calib_batch_size=4, workspace_mb=256, **extra,
+            onnx=workdir / "onnx" / onnx, out_dir=workdir / "engines" / cid, precision=precision,
+            strongly_typed=strongly, calib_data=workdir / "calib" if "calibrator" in cid else None, **settings,
         )
         _built[key] = build_engine(config)
     return _built[key]
@@ -148,5 +148,6 @@ def test_dla(caps, workdir):
     if trt.Builder(trt.Logger(trt.Logger.WARNING)).num_DLA_cores == 0:
         pytest.skip("this device has no DLA cores (Jetson AGX/NX only)")
     case = CASES[4] if caps.strongly_typed else CASES[2]
-    result = _build(case, caps, workdir, dla_core=0)
+    result = _build(case, caps, workdir, dla_core=0, batch=(1, 1, 1))  # DLA needs min = opt = max
     assert result.sidecar.build_options["dla_core"] == 0 and result.sidecar.precision == "fp16"
+    assert 0.0 <= result.sidecar.build_options["dla_layer_share"] <= 1.0
