@@ -505,3 +505,61 @@ def test_data_dependent_output_without_output_allocator_is_refused(tmp_path, mon
     with pytest.raises(ModelError, match=r"'selected_indices' .* data-dependent shape \(-1, 3\) .*IOutputAllocator"):
         runner.activate()
     assert not runner.is_active and all(a.freed for a in cuda.allocs.values())
+
+
+@pytest.mark.tensorrt
+def test_inms_layer_engine_runs_through_the_output_allocator_on_a_gpu(tmp_path):
+    """GPU hosts only: a real INMSLayer engine (what ONNX NonMaxSuppression becomes) through TrtRunner.
+
+    The network is built with the TensorRT API (``add_nms``, TensorRT >= 8.6) so it needs no ONNX: constant boxes
+    and scores scaled by the image mean, per-class NMS at IoU 0.5. Expected rows worked by hand: box 1 overlaps box 0
+    with IoU 81/119 = 0.68, so in each class the lower-scored of the two is dropped.
+    """
+    import tensorrt as trt
+
+    from retinaedge.runtime.cuda import PyCudaApi
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)[None]
+    scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1], [0.7, 0.2, 0.6], [0.1, 0.5, 0.4]], np.float32)[None]
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # 8.x; implicit (and deprecated) from 10.0
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    net = builder.create_network(flags)
+    images = net.add_input("images", trt.float32, (1, 3, 64, 64))
+    mean = net.add_reduce(images, trt.ReduceOperation.AVG, (1 << 1) | (1 << 2) | (1 << 3), False).get_output(0)
+    shuffle = net.add_shuffle(mean)
+    shuffle.reshape_dims = (1, 1, 1)
+    consts = {name: net.add_constant(trt.Dims(value.shape), trt.Weights(value)).get_output(0)
+              for name, value in (("boxes", boxes), ("scores", scores / 255),
+                                  ("max_out", np.array([10], np.int32)), ("iou", np.array([0.5], np.float32)))}
+    scaled = net.add_elementwise(consts["scores"], shuffle.get_output(0), trt.ElementWiseOperation.PROD).get_output(0)
+    max_out = net.add_shuffle(consts["max_out"])
+    max_out.reshape_dims = trt.Dims([])  # MaxOutputBoxesPerClass is a 0-D int32 tensor (NvInfer.h INMSLayer)
+    iou = net.add_shuffle(consts["iou"])
+    iou.reshape_dims = trt.Dims([])
+    nms = net.add_nms(consts["boxes"], scaled, max_out.get_output(0))
+    nms.set_input(3, iou.get_output(0))
+    for name, tensor in (("boxes", net.add_identity(consts["boxes"]).get_output(0)),
+                         ("scores", net.add_identity(scaled).get_output(0)), ("selected_indices", nms.get_output(0))):
+        tensor.name = name
+        net.mark_output(tensor)
+    plan = builder.build_serialized_network(net, builder.create_builder_config())
+    assert plan is not None, "TensorRT could not build the INMSLayer test network; see its log"
+    path = tmp_path / "model.fp32.engine"
+    path.write_bytes(bytes(memoryview(plan)))
+    api = PyCudaApi()
+    spec = dataclasses.replace(SPEC, nms="onnx")
+    EngineSidecar(
+        trt_version=trt.__version__, device_name=api.device_name(), compute_capability=api.compute_capability(),
+        precision="fp32", spec=spec.to_dict(), onnx_sha256="0" * 64, build_options={"batch": [1, 1, 1]},
+    ).save(sidecar_path(path))
+    with TrtRunner(path=path) as runner:
+        assert runner._dynamic is not None  # selected_indices is data-dependent: the allocator path was taken
+        out = runner.infer(np.full((1, 3, 64, 64), 255, np.uint8))
+        again = runner.infer(np.full((1, 3, 64, 64), 255, np.uint8))
+    rows = {tuple(int(v) for v in r) for r in out["selected_indices"]}
+    assert rows == {(0, 0, 0), (0, 0, 2), (0, 0, 3), (0, 1, 3), (0, 1, 1), (0, 1, 2), (0, 2, 2), (0, 2, 3), (0, 2, 0)}
+    np.testing.assert_array_equal(again["selected_indices"], out["selected_indices"])
+    np.testing.assert_allclose(out["scores"], scores, rtol=1e-6)
