@@ -43,12 +43,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch", type=parse_batch, default=None, metavar="MIN:OPT:MAX",
                    help="dynamic batch profile (default 1:1:8, or the ONNX's static batch)")
     p.add_argument("--workspace", type=int, default=2048, metavar="MB", help="workspace memory cap (default 2048)")
-    p.add_argument("--dla", type=int, default=None, metavar="N", help="DLA core (Jetson), with GPU fallback")
+    p.add_argument("--dla", type=int, default=None, metavar="N",
+                   help="DLA core (Jetson), with GPU fallback; needs a fixed --batch B (DLA has no dynamic shapes)")
     p.add_argument("--timing-cache", type=Path, default=None, metavar="F", help="timing cache file (read + written)")
     p.add_argument("--calib-data", type=Path, default=None, metavar="DATA",
                    help="calibration images for weakly-typed INT8 from the FP32 ONNX (folder or dataset root)")
     p.add_argument("--spec", type=Path, default=None, help="spec.json (default: beside the ONNX)")
-    p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT (same major)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="engine runs on later TensorRT (same major); not with an EfficientNMS graph (export --nms onnx)")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     p.set_defaults(func=run)
 

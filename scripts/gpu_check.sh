@@ -6,6 +6,8 @@
 #   2. the demo's ONNX files (demo_out/export/, made with `retinaedge demo` if missing)
 #   3. engines: FP32, FP16 and INT8 with `retinaedge build`, each on the path this TensorRT offers
 #      (+ INT8 through the weakly-typed entropy calibrator where TensorRT still has one: 8.6 / 10.x)
+#   3b. one engine's inspector JSON per build path (get_engine_information(JSON), DETAILED) into
+#      $OUT/inspector/ and the report: the real 8.6 / 10.x / 11.x shape the CPU tests' fakes imitate
 #   4. pytest -m "cuda or tensorrt"
 #   5. each engine against ONNX Runtime on the same inputs: Polygraphy Comparator on the detection outputs
 #      (min passing atol/rtol, error stats), then IoU-matched detections and AP via `retinaedge validate`
@@ -79,8 +81,55 @@ build int8 "$EXPORT/model.int8.onnx" int8
 if $PY -c "import tensorrt as t, sys; sys.exit(0 if hasattr(t, 'IInt8EntropyCalibrator2') else 1)"; then
   build int8-calibrated "$EXPORT/model.fp32.onnx" int8 --calib-data "$DATA"
 fi
+if $PY -c "import tensorrt as t, sys; sys.exit(0 if hasattr(t.BuilderFlag, 'FP16') else 1)"; then
+  build fp16-weak-flag "$EXPORT/model.fp32.onnx" fp16   # weakly typed: BuilderFlag.FP16 + the pinned FP32 tail
+fi
+if $PY -c "import tensorrt as t, sys; sys.exit(0 if t.Builder(t.Logger()).num_DLA_cores > 0 else 1)" 2>/dev/null; then
+  BATCH=1 build fp16-dla "$EXPORT/model.fp16.onnx" fp16 --dla 0   # DLA needs a fixed profile (min = opt = max)
+fi
 # the same precisions again with the timing cache warm: seconds instead of minutes on a Jetson
 build fp32-rebuild "$EXPORT/model.fp32.onnx" fp32
+
+step "3b. engine inspector JSON, one engine per build path"
+mkdir -p "$OUT/inspector"
+$PY - "$ENGINES" "$OUT/inspector" > "$OUT/inspector.md" 2> "$OUT/inspector.log" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import tensorrt as trt
+from retinaedge.engines.inspector import summarize
+from retinaedge.runtime.engine_meta import EngineSidecar, sidecar_path
+
+engines, out = Path(sys.argv[1]), Path(sys.argv[2])
+seen = {}
+for engine in sorted(engines.glob("*/model.*.engine")):
+    side = EngineSidecar.load(sidecar_path(engine))
+    opts = side.build_options
+    key = (opts.get("path"), side.precision, bool(opts.get("calibrator")), opts.get("dla_core") is not None)
+    if key in seen:
+        continue
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if opts.get("dla_core") is not None:
+        runtime.DLA_core = int(opts["dla_core"])
+    if opts.get("version_compatible"):
+        runtime.engine_host_code_allowed = True
+    plan = runtime.deserialize_cuda_engine(engine.read_bytes())
+    text = plan.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    name = engine.parent.name
+    (out / f"{name}.json").write_text(text)
+    seen[key] = name
+    data = json.loads(text)
+    head = {k: v for k, v in data.items() if k != "Layers"}
+    head["Layers (first 6)"] = data.get("Layers", [])[:6]
+    s = summarize(text)
+    calib = " + calibrator" if key[2] else ""
+    dla = " on DLA" if key[3] else ""
+    print(f"### {name}: {key[0]} {key[1]}{calib}{dla}, TensorRT {trt.__version__}\n")
+    print(f"schema {s.schema}; {s.num_layers} layers, {s.math_layers} with a math precision, shares {s.shares}, "
+          f"{s.opaque} Myelin regions, {s.dla_layers} on the DLA. Whole JSON: inspector/{name}.json\n")
+    print("```json\n" + json.dumps(head, indent=1)[:6000] + "\n```\n")
+sys.exit(0 if seen else 1)
+PYEOF
+record "inspector JSON per build path" $? "inspector/*.json, shown at the end of this report"
 
 step "4. pytest -m 'cuda or tensorrt'"
 $PY -m pytest -q -p no:cacheprovider -m "cuda or tensorrt" -rs --junitxml "$OUT/pytest.xml" > "$OUT/pytest.log" 2>&1
@@ -143,6 +192,10 @@ step "6. report"
   cat "$REPORT.rows"
   echo
   echo "Engines and sidecars: $ENGINES/*/model.*.engine(.json). Logs: $OUT/*.log."
+  echo
+  echo "## Engine inspector JSON (one engine per build path; please send this section back)"
+  echo
+  cat "$OUT/inspector.md" 2>/dev/null || echo "(none: see inspector.log)"
 } > "$REPORT"
 rm -f "$REPORT.rows"
 cat "$REPORT"
