@@ -149,8 +149,8 @@ def summarize(engine_information: str) -> LayerSummary:
     else:
         schema = "8.6/10.x"
         io_names = tuple(str(t) for t in data.get("Bindings", []) if isinstance(t, str))
-    nvm_out = {str(t.get("Name")) for layer in layers if _NVM_COPY.match(str(layer.get("Name", "")))
-               and str(layer.get("Name", "")).endswith(" to nvm") for t in _tensors(layer, "Outputs")}
+    nvm_out = {str(t.get("Name")) for layer in layers if str(layer.get("Name", "")).endswith(" to nvm")
+               for t in _tensors(layer, "Outputs")}  # what the DLA reads
     counts = dict.fromkeys(SHARE_KEYS, 0)
     excluded = opaque = dla = 0
     for layer in layers:
