@@ -24,12 +24,13 @@ What counts (`summarize`):
 
 * a layer's precision is that of its first input with a math type (FP32/FP16/INT8/BF16/FP8), else of its first
   such output (TREx ``trex/layer.py`` also reads a layer's precision from its tensors);
-* layers with no math precision are left out of the shares: data movement and casts (``Reformat`` -- which is
-  also how the network-input casts and Q/DQ-of-the-input show, ``Shuffle``, ``Cast``, ``Identity``, ``NoOp``,
-  ``Constant``, ``TrainStation``), shape computations (``shape_call``: TREx v11.0 ``engine_plan.py`` drops them
-  too), plugins (``PluginV2``/``PluginV3``: their math is theirs, EfficientNMS is pinned FP32 separately) and
-  the DLA's NVM copies (``<tensor> to nvm``, ``<tensor> from nvm``, ``<tensor> copy finish``: the profile names
-  of a DLA engine, NVIDIA/TensorRT issue 3143);
+* layers with no math precision are left out of the shares: data movement and conversions (``Reformat`` -- which
+  is also how the network-input casts and the Q of the input show, ``Shuffle``, ``Cast``, ``Quantize``,
+  ``Dequantize``, ``Identity``, ``NoOp``, ``Constant``, ``TrainStation``: the layer-type names of TREx
+  ``trex/colors.py`` and ``engine_plan.py`` at v10.3.0, which also ignores ``Constant``/``NoOp``), shape
+  computations (``shape_call``: TREx v11.0 ``engine_plan.py`` drops them too), plugins (``PluginV2``/``PluginV3``:
+  their math is theirs, EfficientNMS is pinned FP32 separately) and the DLA's NVM copies (``<tensor> to nvm``,
+  ``<tensor> from nvm``, ``<tensor> copy finish``: the profile names of a DLA engine, NVIDIA/TensorRT issue 3143);
 * Myelin ``{ForeignNode[...]}`` regions (LayerType ``Myelin``: TREx ``trex/colors.py`` v10.3.0) show only their
   boundary tensors, so their internal precision is unknown: they are counted by their boundary but reported
   as ``opaque``;
@@ -66,11 +67,14 @@ _TYPE_WORDS = {
     "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8", "int4": "int4", "fp4": "fp4", "fp4e2m1": "fp4",
     "int32": "int32", "int64": "int64", "int16": "int16", "uint16": "uint16", "uint32": "uint32",
     "uint64": "uint64", "bool": "bool", "double": "fp64",
+    # C++ enum spellings (nvinfer1::DataType), should a release print those
+    "kfloat": "fp32", "khalf": "fp16", "kint8": "int8", "kuint8": "uint8", "kbf16": "bf16", "kfp8": "fp8",
+    "kint32": "int32", "kint64": "int64", "kbool": "bool", "kint4": "int4", "kfp4": "fp4",
 }
 _MATH_TYPES = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "bf16": "other", "fp8": "other", "fp64": "other",
                "int4": "other", "fp4": "other"}
-_NO_MATH_LAYER_TYPES = {"reformat", "shuffle", "cast", "identity", "noop", "constant", "trainstation",
-                        "shape_call", "shape", "pluginv2", "pluginv3", "plugin"}
+_NO_MATH_LAYER_TYPES = {"reformat", "shuffle", "cast", "quantize", "dequantize", "identity", "noop", "constant",
+                        "trainstation", "shape_call", "shape", "pluginv2", "pluginv3", "plugin"}
 _NVM_COPY = re.compile(r".+ (to nvm|from nvm|copy finish)$")
 
 

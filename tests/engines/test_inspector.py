@@ -122,6 +122,7 @@ def test_trt11_shape_split_and_io_tensors():
         ({"Format/Datatype": "Row major linear BFloat16 format"}, "bf16"),
         ({"Format/Datatype": "Row major linear Int32"}, "int32"),
         (split_format(UINT8), "uint8"), ({"DataType": "Int8", "Format": "Row major linear FP32"}, "int8"),
+        ({"DataType": "kHALF"}, "fp16"), ({"DataType": "kUINT8"}, "uint8"),
         ({"Name": "no type"}, None),
     ],
 )
