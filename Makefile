@@ -59,7 +59,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # `mypy -p` does not descend into the strict-mode link tree (symlinks), so name every module
-MYPY_MODULES = $(shell find runtime engines export -name '*.py' | sort | sed -e 's/\.py$$//' -e 's/\/__init__$$//' -e 's/\//./g' -e 's/^/-m retinaedge./')
+MYPY_MODULES = $(shell find runtime engines export deploy -name '*.py' | sort | sed -e 's/\.py$$//' -e 's/\/__init__$$//' -e 's/\//./g' -e 's/^/-m retinaedge./')
 typecheck: venv $(TYPECHECK)/.ready
 	$(VENV)/bin/mypy $(MYPY_MODULES)
 

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from retinaedge.export.deepstream import DeepStreamConfig, write_deepstream_config
+    from retinaedge.deploy.deepstream import DeepStreamConfig, write_deepstream_config
 
     files = write_deepstream_config(
         DeepStreamConfig(

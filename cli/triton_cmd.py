@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from retinaedge.export.triton import TritonConfig, write_triton_repo
+    from retinaedge.deploy.triton import TritonConfig, write_triton_repo
     from retinaedge.runtime.errors import InputError
 
     preferred = None

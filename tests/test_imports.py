@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import retinaedge.deploy
 import retinaedge.engines
 import retinaedge.runtime
 
@@ -29,16 +30,16 @@ def _modules(*packages: object) -> list[str]:
     return names
 
 
-TORCH_FREE = _modules(retinaedge.runtime, retinaedge.engines)
+TORCH_FREE = _modules(retinaedge.runtime, retinaedge.engines, retinaedge.deploy)
 
 
 def test_the_walk_finds_the_deployment_modules():
     assert {"retinaedge.runtime.video", "retinaedge.runtime.validate", "retinaedge.runtime.trt_runner",
-            "retinaedge.engines.build", "retinaedge.engines.calibrator"} <= set(TORCH_FREE)
+            "retinaedge.engines.build", "retinaedge.engines.calibrator", "retinaedge.deploy.triton"} <= set(TORCH_FREE)
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
-def test_runtime_and_engines_import_without_torch(module):
+def test_runtime_engines_and_deploy_import_without_torch(module):
     code = BLOCK_TORCH + "\n" + IMPORT_OR_NAME_MISSING.format(module=module)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     if proc.returncode == 3:

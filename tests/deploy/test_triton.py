@@ -1,4 +1,4 @@
-"""export/triton.py: Triton model repositories, checked by parsing config.pbtxt into Triton's own
+"""deploy/triton.py: Triton model repositories, checked by parsing config.pbtxt into Triton's own
 `ModelConfig` protobuf (tritonclient; unknown fields are rejected) and comparing every tensor against the
 ONNX graph read with the onnx library, or against the engine sidecar's spec.
 
@@ -9,7 +9,6 @@ plus a sidecar JSON with the documented keys, not a claim of a real TensorRT bui
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,10 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from retinaedge.cli import main
-from retinaedge.export.triton import TritonConfig, load_deploy_model, spec_io, write_triton_repo
+from retinaedge.deploy.triton import TritonConfig, load_deploy_model, spec_io, write_triton_repo
 from retinaedge.runtime.errors import InputError, ModelError
-from retinaedge.runtime.io import sha256_file
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec, PostProcess
+from tests.support.engine_fixture import write_engine_fixture
 
 TRITON_OF_ONNX = {
     TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
@@ -145,26 +144,9 @@ def build_onnx(path: Path, spec: DetectorSpec, nms: str, *, target: str = "tenso
     return path
 
 
-def build_engine_fixture(
-    folder: Path, spec: DetectorSpec, *, precision: str = "fp16", batch: object = "1:4:8", onnx_path: Path | None = None
-) -> Path:
-    """FIXTURE engine: placeholder bytes + a sidecar JSON with the keys retinaedge build documents."""
-    engine = folder / f"model.{precision}.engine"
-    engine.write_bytes(b"FIXTURE-not-a-real-TensorRT-plan")
-    sidecar = {
-        "trt_version": "10.3.0",
-        "device_name": "FIXTURE GPU",
-        "compute_capability": "8.7",
-        "precision": precision,
-        "spec": spec.to_dict(),
-        "onnx_sha256": sha256_file(onnx_path) if onnx_path else "0" * 64,
-        "calib_hash": None,
-        "build_options": {"batch": batch, "workspace_mb": 1024},
-        "build_time_s": 1.0,
-        "layer_precisions": {"fp16": 0.9, "fp32": 0.1},
-    }
-    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar))
-    return engine
+def build_engine_fixture(folder: Path, spec: DetectorSpec, **kw: object) -> Path:
+    """FIXTURE engine (tests/support/engine_fixture.py), batch profile (1, 4, 8) unless given."""
+    return write_engine_fixture(folder, spec, **{"batch": (1, 4, 8), **kw})  # type: ignore[arg-type]
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -294,7 +276,7 @@ def test_engine_bad_profile_in_sidecar(tmp_path: Path, spec: DetectorSpec) -> No
 def test_engine_without_sidecar(tmp_path: Path, spec: DetectorSpec) -> None:
     engine = build_engine_fixture(tmp_path, spec.replace(nms="efficient"))
     engine.with_name(engine.name + ".json").unlink()
-    with pytest.raises(ModelError, match=r"sidecar .*model.fp16.engine.json' is missing"):
+    with pytest.raises(ModelError, match=r"sidecar .*model.fp16.engine.json' does not exist"):
         write_triton_repo(TritonConfig(repo=tmp_path / "repo", engine=engine))
     assert not (tmp_path / "repo").exists()  # nothing written before the model is understood
 

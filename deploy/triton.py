@@ -26,7 +26,6 @@ The ONNX Runtime backend cannot run the EfficientNMS_TRT plugin node; an ``effic
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retinaedge.runtime._lazy import require
+from retinaedge.runtime.engine_meta import EngineSidecar
 from retinaedge.runtime.errors import InputError, ModelError, SpecError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_file
 from retinaedge.runtime.onnxinfo import describe_onnx
@@ -44,9 +44,6 @@ Dim = int | str
 
 InstanceKind = Literal["auto", "gpu", "cpu"]
 INSTANCE_KINDS: tuple[str, ...] = ("auto", "gpu", "cpu")
-
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-"""Engine precisions a sidecar may name."""
 
 TRITON_DTYPES: dict[str, str] = {
     "float32": "TYPE_FP32",
@@ -181,34 +178,16 @@ def _parse_batch_profile(value: object) -> tuple[int, int, int] | None:
     return lo, opt, hi
 
 
-def load_sidecar(engine: str | Path) -> dict[str, Any]:
-    """Read ``<engine>.json`` written by ``retinaedge build``.
+def load_sidecar(engine: str | Path) -> EngineSidecar:
+    """The engine's ``<engine>.json`` sidecar, read by the runtime's own reader (`EngineSidecar`).
 
     Raises:
-        ModelError: if the engine or its sidecar is missing, or the sidecar is not valid JSON with
-            ``spec`` and ``precision``.
+        ModelError: if the engine or its sidecar is missing, or the sidecar is not one ``retinaedge build`` wrote.
     """
     e = Path(engine)
     if not e.is_file():
         raise ModelError(f"engine {str(e)!r} does not exist; build one with retinaedge build")
-    side = e.with_name(e.name + ".json")
-    if not side.is_file():
-        raise ModelError(
-            f"engine sidecar {str(side)!r} is missing; keep the .engine.json that retinaedge build wrote "
-            "beside the engine, or rebuild"
-        )
-    try:
-        data = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"engine sidecar {str(side)!r} is not valid JSON ({exc}); rebuild the engine") from None
-    missing = [k for k in ("spec", "precision") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise ModelError(f"engine sidecar {str(side)!r} lacks keys {missing}; rebuild with retinaedge build")
-    if data["precision"] not in PRECISIONS:
-        raise ModelError(
-            f"engine sidecar precision={data['precision']!r} is not one of {list(PRECISIONS)}; rebuild the engine"
-        )
-    return dict(data)
+    return EngineSidecar.for_engine(e)
 
 
 def _onnx_io(model: Any, path: Path) -> tuple[tuple[IOTensor, ...], tuple[IOTensor, ...]]:
@@ -285,10 +264,10 @@ def load_engine_model(engine: str | Path, onnx: str | Path | None = None) -> Dep
     e = Path(engine)
     side = load_sidecar(e)
     try:
-        spec = DetectorSpec.from_dict(side["spec"])
+        spec = DetectorSpec.from_dict(side.spec)
     except (SpecError, TypeError, AttributeError) as exc:
         raise ModelError(f"engine sidecar of {str(e)!r} holds an invalid spec ({exc}); rebuild the engine") from None
-    build_options = side.get("build_options") or {}
+    build_options = side.build_options
     profile = _parse_batch_profile(build_options.get("batch") if isinstance(build_options, Mapping) else None)
     onnx_path: Path | None = None
     if onnx is None:
@@ -296,7 +275,7 @@ def load_engine_model(engine: str | Path, onnx: str | Path | None = None) -> Dep
     else:
         src = load_onnx_model(onnx)
         onnx_path = src.path
-        recorded = side.get("onnx_sha256")
+        recorded = side.onnx_sha256
         if recorded:
             actual = sha256_file(src.path)
             if actual != recorded:
@@ -310,12 +289,12 @@ def load_engine_model(engine: str | Path, onnx: str | Path | None = None) -> Dep
         path=e,
         spec=spec,
         nms=spec.nms,
-        precision=str(side["precision"]),
+        precision=side.precision,
         target="tensorrt",
         inputs=inputs,
         outputs=outputs,
         batch_profile=profile,
-        sidecar=side,
+        sidecar=side.to_dict(),
         onnx_path=onnx_path,
     )
 

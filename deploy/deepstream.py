@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from retinaedge.export.triton import DeployModel, copy_atomic, labels_text, load_engine_model
+from retinaedge.deploy.triton import DeployModel, copy_atomic, labels_text, load_engine_model
 from retinaedge.runtime.errors import InputError, ModelError
 from retinaedge.runtime.io import atomic_write_text, ensure_writable_dir
 

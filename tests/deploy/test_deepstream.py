@@ -1,4 +1,4 @@
-"""export/deepstream.py: the nvinfer config (parsed with configparser and checked key by key against the
+"""deploy/deepstream.py: the nvinfer config (parsed with configparser and checked key by key against the
 engine sidecar's spec), labels, engine copy, and the generated bbox parser — compiled with the generated
 Makefile against a stand-in for DeepStream's two headers and run on hand-made EfficientNMS outputs.
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import configparser
 import ctypes
-import json
 import re
 import shutil
 import subprocess
@@ -22,10 +21,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from retinaedge.cli import main
-from retinaedge.export.deepstream import CONFIG_NAME, DeepStreamConfig, write_deepstream_config
+from retinaedge.deploy.deepstream import CONFIG_NAME, DeepStreamConfig, write_deepstream_config
 from retinaedge.runtime.errors import InputError, ModelError
-from retinaedge.runtime.io import sha256_file
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec, PostProcess
+from tests.support.engine_fixture import write_engine_fixture
 
 
 def tiny_spec(**changes: object) -> DetectorSpec:
@@ -92,26 +91,9 @@ def build_efficient_onnx(path: Path, spec: DetectorSpec) -> Path:
     return path
 
 
-def build_engine_fixture(
-    folder: Path, spec: DetectorSpec, *, precision: str = "fp16", onnx_path: Path | None = None
-) -> Path:
-    """FIXTURE engine: placeholder bytes + a sidecar JSON with the keys retinaedge build documents."""
-    engine = folder / f"model.{precision}.engine"
-    engine.write_bytes(b"FIXTURE-not-a-real-TensorRT-plan")
-    sidecar = {
-        "trt_version": "10.3.0",
-        "device_name": "FIXTURE GPU",
-        "compute_capability": "8.7",
-        "precision": precision,
-        "spec": spec.to_dict(),
-        "onnx_sha256": sha256_file(onnx_path) if onnx_path else "0" * 64,
-        "calib_hash": None,
-        "build_options": {"batch": "1:2:4"},
-        "build_time_s": 1.0,
-        "layer_precisions": {},
-    }
-    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar))
-    return engine
+def build_engine_fixture(folder: Path, spec: DetectorSpec, **kw: object) -> Path:
+    """FIXTURE engine (tests/support/engine_fixture.py), batch profile (1, 2, 4) unless given."""
+    return write_engine_fixture(folder, spec, **{"batch": (1, 2, 4), **kw})  # type: ignore[arg-type]
 
 
 def read_config(path: Path) -> configparser.ConfigParser:
@@ -196,7 +178,7 @@ def test_non_efficient_engine_is_refused(tmp_path: Path, nms: str) -> None:
 def test_missing_sidecar(tmp_path: Path) -> None:
     engine = build_engine_fixture(tmp_path, tiny_spec())
     engine.with_name(engine.name + ".json").unlink()
-    with pytest.raises(ModelError, match=r"engine sidecar .*\.engine\.json' is missing"):
+    with pytest.raises(ModelError, match=r"engine sidecar .*\.engine\.json' does not exist"):
         write_deepstream_config(DeepStreamConfig(engine=engine, out=tmp_path / "ds"))
 
 
