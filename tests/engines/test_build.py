@@ -304,8 +304,9 @@ def test_item1_trt11_inspector_shape_is_read(export_dir):
 
 
 def _uint8_input_reformat() -> dict:
-    # the network input (uint8, the spec's default) cast/reformatted to FP32 for the first convolution: a layer of
-    # the TREx fp16 example's shape (see test_inspector.TREX_FP16) with the input format TREx lists for UInt8
+    # the network input (uint8, the spec's default) reformatted to FP32 for the first convolution: the first layer
+    # of the TREx fp16 example (tests/engines/data/trex-resnet-fp16.graph.json) with the input format that TREx's
+    # trex/activations.py (v10.3.0) lists for UInt8
     return {"Name": "Reformatting CopyNode for Input Tensor 0 to conv", "LayerType": "Reformat",
             "Inputs": [{"Name": "images", "Location": "Device", "Dimensions": [1, 3, 64, 64],
                         "Format/Datatype": UINT8}],

@@ -4,6 +4,7 @@ NVIDIA documents for TensorRT 8.6 / 10.x and 11.x; every sample says where its s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fake_trt import FP16, FP32, INT8_NHWC16, UINT8, UINT8_NHWC, inspector_json, split_format
@@ -12,58 +13,14 @@ from retinaedge.engines.capability import BuildPath
 from retinaedge.engines.inspector import check, layer_precision_shares, summarize, tensor_type
 from retinaedge.runtime.errors import EngineBuildError
 
-# 8.6/10.x shape, trimmed from trt-engine-explorer's examples/pytorch/resnet/A100/qat/resnet-qat.onnx.engine.graph.json
-# (NVIDIA/TensorRT v10.13.0; the same file at v10.3.0)
-TREX_QAT = {"Layers": [
-    {"Name": "QuantizeLinear_2", "LayerType": "Reformat",
-     "Inputs": [{"Name": "input.1", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Row major linear FP32"}],
-     "Outputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                  "Format/Datatype": "Row major Int8 format"}]},
-    {"Name": "conv1.weight + QuantizeLinear_7 + Conv_9 + MaxPool_12", "LayerType": "ConvActPool",
-     "Inputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Row major Int8 format"}],
-     "Outputs": [{"Name": "onnx::DequantizeLinear_140", "Location": "Device", "Dimensions": [32, 64, 56, 56],
-                  "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
-    {"Name": "fc", "LayerType": "CaskGemmConvolution",
-     "Inputs": [{"Name": "x", "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
-     "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32"}]},
-    {"Name": "head", "LayerType": "Convolution",
-     "Inputs": [{"Name": "z", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
-     "Outputs": []},
-], "Bindings": ["input.1", "output"]}
+DATA = Path(__file__).parent / "data"
 
-# 8.6/10.x shape, the first two and last three of the 36 layers of trt-engine-explorer's
-# examples/pytorch/resnet/A100/fp16/resnet.onnx.engine.graph.json (NVIDIA/TensorRT v10.3.0), verbatim
-TREX_FP16 = {"Layers": [
-    {"Name": "Reformatting CopyNode for Input Tensor 0 to Conv_0 + Relu_1", "LayerType": "Reformat",
-     "Inputs": [{"Name": "input.1", "Location": "Device", "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Row major linear FP32"}],
-     "Outputs": [{"Name": "Reformatted Input Tensor 0 to Conv_0 + Relu_1", "Location": "Device",
-                  "Dimensions": [32, 3, 224, 224],
-                  "Format/Datatype": "Channel major FP16 format where channel % 4 == 0"}]},
-    {"Name": "Conv_0 + Relu_1", "LayerType": "CaskConvolution",
-     "Inputs": [{"Name": "Reformatted Input Tensor 0 to Conv_0 + Relu_1", "Location": "Device",
-                 "Dimensions": [32, 3, 224, 224],
-                 "Format/Datatype": "Channel major FP16 format where channel % 4 == 0"}],
-     "Outputs": [{"Name": "onnx::MaxPool_125", "Location": "Device", "Dimensions": [32, 64, 112, 112],
-                  "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
-    {"Name": "Reformatting CopyNode for Input Tensor 0 to reshape_after_Gemm_48", "LayerType": "NoOp",
-     "Inputs": [{"Name": "Gemm_48_out_region", "Location": "Device", "Dimensions": [32, 1000, 1, 1],
-                 "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
-     "Outputs": [{"Name": "Reformatted Input Tensor 0 to reshape_after_Gemm_48", "Location": "Device",
-                  "Dimensions": [32, 1000, 1, 1], "Format/Datatype": "Row major linear FP16 format"}]},
-    {"Name": "reshape_after_Gemm_48", "LayerType": "NoOp",
-     "Inputs": [{"Name": "Reformatted Input Tensor 0 to reshape_after_Gemm_48", "Location": "Device",
-                 "Dimensions": [32, 1000, 1, 1], "Format/Datatype": "Row major linear FP16 format"}],
-     "Outputs": [{"Name": "Reformatted Output Tensor 0 to reshape_after_Gemm_48", "Location": "Device",
-                  "Dimensions": [32, 1000], "Format/Datatype": "Row major linear FP16 format"}]},
-    {"Name": "Reformatting CopyNode for Output Tensor 0 to reshape_after_Gemm_48", "LayerType": "Reformat",
-     "Inputs": [{"Name": "Reformatted Output Tensor 0 to reshape_after_Gemm_48", "Location": "Device",
-                 "Dimensions": [32, 1000], "Format/Datatype": "Row major linear FP16 format"}],
-     "Outputs": [{"Name": "191", "Location": "Device", "Dimensions": [32, 1000],
-                  "Format/Datatype": "Row major linear FP32"}]},
-], "Bindings": ["input.1", "191"]}
+
+def trex(name: str) -> str:
+    """trt-engine-explorer's example inspector JSON, verbatim (NVIDIA/TensorRT v10.3.0 and v8.6.1,
+    tools/experimental/trt-engine-explorer/examples/pytorch/resnet/A100/<name>; tests/engines/data/README.md)."""
+    return (DATA / f"trex-resnet-{name}.graph.json").read_text()
+
 
 # a Myelin region as 8.6/10.x print it: the "{ForeignNode[first...last]}" name (NVIDIA/TensorRT issue 3143's
 # profile) and LayerType "Myelin" (trt-engine-explorer trex/colors.py at v10.3.0 colours that layer type); only its
@@ -93,24 +50,29 @@ DLA_LAYERS = [
 ]
 
 
-def test_trex_shapes():
-    shares, n = layer_precision_shares(json.dumps(TREX_QAT))
-    # the Q of the network input is a Reformat: no math precision, left out
-    assert n == 4 and shares == {"fp32": 0.0, "fp16": 0.3333, "int8": 0.6667, "other": 0.0}
-    s = summarize(json.dumps(TREX_FP16))
-    assert (s.num_layers, s.math_layers, s.excluded) == (5, 1, 4) and s.shares["fp16"] == 1.0
-    assert s.schema == "8.6/10.x" and s.io_tensors == ("input.1", "191")
+@pytest.mark.parametrize(("name", "shares", "counts"), [
+    ("fp32", {"fp32": 1.0, "fp16": 0.0, "int8": 0.0, "other": 0.0}, (32, 23, 9)),
+    ("fp16", {"fp32": 0.0, "fp16": 1.0, "int8": 0.0, "other": 0.0}, (36, 23, 13)),
+    ("qat", {"fp32": 0.0435, "fp16": 0.0435, "int8": 0.913, "other": 0.0}, (37, 23, 14)),
+])
+def test_trex_engines_in_both_shapes(name, shares, counts):
+    # the FP16 engine's input/output Reformats (FP32 <-> FP16) and NoOps are left out: 100 % FP16, not 2/36 FP32
+    text = trex(name)
+    data = json.loads(text)
+    for shape in ("8.6/10.x", "11.x"):
+        s = summarize(text)
+        assert s.schema == shape and s.shares == shares and (s.num_layers, s.math_layers, s.excluded) == counts
+        assert s.io_tensors == tuple(data["Bindings"])
+        text = inspector_json("11.1", data["Layers"], data["Bindings"])  # the 11.x shape of the same engine
+        assert '"Format/Datatype"' not in text and '"I/O Tensors"' in text
+    assert layer_precision_shares(trex(name)) == (shares, counts[0])
 
 
-def test_trt11_shape_split_and_io_tensors():
-    # the same layers as TensorRT 11 writes them (fake_trt.split_format: DataType + Format; I/O Tensors)
-    text = inspector_json("11.1", TREX_FP16["Layers"], ["input.1", "191"])
-    assert '"Format/Datatype"' not in text and '"I/O Tensors"' in text
-    s = summarize(text)
-    assert s.schema == "11.x" and s.io_tensors == ("input.1", "191") and s.shares["fp16"] == 1.0
-    # NVIDIA's v11.1 inspector-JSON schema (.agents/skills/trt-perf-analysis/schemas/analyze-data.schema.json)
-    # spells the layer-tensor key "Datatype": read too
-    assert tensor_type({"Name": "x", "Datatype": "Half", "Format": "Channel major FP16 format"}) == "fp16"
+def test_trt11_layer_tensor_key_spellings():
+    # the migration guide's I/O Tensors use "DataType"; NVIDIA's v11.1 inspector-JSON schema
+    # (.agents/skills/trt-perf-analysis/schemas/analyze-data.schema.json) spells layer tensors "Datatype" + "Format"
+    assert tensor_type({"Name": "x", "DataType": "Half", "Format": "Channel major FP16 format"}) == "fp16"
+    assert tensor_type({"Name": "x", "Datatype": "Int8", "Format": "Row major linear FP32 format (kLINEAR)"}) == "int8"
 
 
 @pytest.mark.parametrize(
