@@ -450,6 +450,7 @@ def build_engine(
         if path.int8_flag:
             bc.set_flag(trt.BuilderFlag.INT8)
         pinned: dict[str, int] = {}
+        tail: list[int] = []
         plugins = plugin_layer_types(trt)
         floats = (trt.DataType.FLOAT, trt.DataType.HALF)
         if path.name == "weakly-typed" and path.fp16_flag:
@@ -468,7 +469,9 @@ def build_engine(
             for i in range(network.num_layers):
                 layer = network.get_layer(i)
                 node = _onnx_node_of(layer.name, nodes)
-                if node is not None and _pin(layer, dtype, floats, is_plugin=layer.type in plugins):
+                if node is not None and i in tail:  # the FP32 tail stays FP32 whatever the kept-high dtype
+                    hit.add(node)
+                elif node is not None and _pin(layer, dtype, floats, is_plugin=layer.type in plugins):
                     hit.add(node)
                     count += 1
             pinned["keep_high"] = count

@@ -381,7 +381,7 @@ def test_item5_strongly_typed_sets_no_layer_precision(export_dir):
 def test_item5_weak_int8_applies_the_kept_high_set(export_dir):
     # issue 11: model.int8-mixed.onnx says which ONNX nodes stay FP16; onnx-tensorrt names a node's layers
     # <node>, <node>_1, ... (ImporterContext::registerLayer / generateUniqueName)
-    keep = {"nodes": ["cls_head", "box_head", "gone"], "dtype": "fp16"}
+    keep = {"nodes": ["cls_head", "box_head", "gone", "box_deltas/Min"], "dtype": "fp16"}
     write_onnx(export_dir / "model.int8-mixed.onnx", "int8", keep_high=keep)
     qdq = [("q", "QUANTIZE", ["images"], [("iq", "INT8")]), ("dq", "DEQUANTIZE", ["iq"], [("idq", "FLOAT")])]
     net = [*qdq, *RETINA_NET[:2], ("box_head", "CONVOLUTION", ["feat"], [("b0", "FLOAT")]),
@@ -390,8 +390,9 @@ def test_item5_weak_int8_applies_the_kept_high_set(export_dir):
                             fake={"layers": [INT8, FP16], "network_layers": net})
     assert {k: v for k, v in rec.layer_precisions.items() if "head" in k} == {
         "cls_head": "HALF", "box_head": "HALF", "box_head_1": "HALF"}
+    assert rec.layer_precisions["box_deltas/Min"] == "FLOAT"  # in the FP32 tail: stays FP32
     assert result.sidecar.build_options["precision_constraints"]["keep_high"] == 3
-    assert any("1 of 3 kept-high ONNX nodes match no" in w for w in result.warnings)
+    assert any("1 of 4 kept-high ONNX nodes match no" in w for w in result.warnings)
 
 
 def test_item6_efficient_nms_on_trt11_warns_with_the_fix(export_dir):
