@@ -38,6 +38,8 @@ from retinaedge.runtime.spec import DetectorSpec
 if TYPE_CHECKING:
     import tensorrt
 
+_DYNAMIC_HOST_START = 1024
+"""Elements of pinned host memory a data-dependent output starts with (e.g. 341 NMS rows of 3 int64)."""
 _PRECISIONS: dict[str, Precision] = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
 # tensorrt.DataType member name -> numpy (``trt.nptype`` is untyped in the stubs, and raises on new types)
 _NP_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
@@ -332,7 +334,8 @@ class TrtRunner(Runner):
             self._allocator = _output_allocator(trt, self._dynamic)
         if not context.set_output_allocator(name, self._allocator):
             raise ModelError(f"TensorRT refused an output allocator for tensor {name!r} of {self.path.name}")
-        host = self._cuda.pagelocked_empty((0,), dtype)
+        # grown in _copy_dynamic; never empty (a zero-byte page-locked allocation is not a given in CUDA)
+        host = self._cuda.pagelocked_empty((_DYNAMIC_HOST_START,), dtype)
         return _IOTensor(name, index, False, dtype, host, None, dynamic=True)
 
     def deactivate_impl(self) -> None:

@@ -563,3 +563,23 @@ def test_inms_layer_engine_runs_through_the_output_allocator_on_a_gpu(tmp_path):
     assert rows == {(0, 0, 0), (0, 0, 2), (0, 0, 3), (0, 1, 3), (0, 1, 1), (0, 1, 2), (0, 2, 2), (0, 2, 3), (0, 2, 0)}
     np.testing.assert_array_equal(again["selected_indices"], out["selected_indices"])
     np.testing.assert_allclose(out["scores"], scores, rtol=1e-6)
+
+
+def test_data_dependent_output_host_buffer_is_never_zero_sized_and_grows(tmp_path, monkeypatch):
+    """PyCUDA's pagelocked_empty goes to cuMemHostAlloc; the runner never asks it for zero bytes."""
+    cuda = AlignedHostCuda()
+    requested: list[tuple[int, ...]] = []
+    base = cuda.pagelocked_empty
+    cuda.pagelocked_empty = lambda shape, dtype: requested.append(tuple(shape)) or base(shape, dtype)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_nms_trt_module(cuda))
+    with TrtRunner(path=write_engine(tmp_path, spec=ONNX_SPEC), cuda=cuda) as runner:
+        dyn = next(t for t in runner._tensors if t.dynamic)
+        start = dyn.host.size
+        many = np.full((8, 3, 64, 64), 3, np.uint8)  # 24 rows -> 72 int64 elements, within the start size
+        runner.infer(many)
+        assert dyn.host.size == start
+        dyn.host = dyn.host[:10]  # force a regrow: 72 elements needed
+        got = runner.infer(many)
+        assert dyn.host.size >= 72
+        np.testing.assert_array_equal(got["selected_indices"], nms_reference(many)["selected_indices"])
+    assert all(int(np.prod(s)) > 0 for s in requested)
