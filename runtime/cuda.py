@@ -1,9 +1,11 @@
 """The few CUDA calls TensorRT needs (alloc, pinned host memory, async copies, a stream), behind `CudaApi`.
 
-NVIDIA's own samples moved from PyCUDA to cuda-python (TENSORRT.md); keeping the calls behind this Protocol
-means only `PyCudaApi` knows PyCUDA. Context rule: the device's *primary* context (the one the CUDA runtime
-and therefore TensorRT use) is retained and pushed by ONE thread in `CudaApi.open`, popped by the same thread
-in `CudaApi.close`, and every call checks it comes from that thread. Never ``pycuda.autoinit``: it creates a
+NVIDIA's own Python samples moved from PyCUDA to cuda-python (by TensorRT 8.6.1/9.x: docs/TENSORRT.md); keeping
+the calls behind this Protocol means only `PyCudaApi` knows PyCUDA. `mem_alloc` also backs the ``IOutputAllocator``
+of data-dependent outputs (runtime/trt_runner.py), called from inside ``execute_async_v3`` on the owning thread.
+Context rule: the device's *primary* context (the one the CUDA runtime and therefore TensorRT use) is retained and
+pushed by ONE thread in `CudaApi.open`, popped by the same thread in `CudaApi.close`, and every call checks it comes
+from that thread. Never ``pycuda.autoinit``: it creates a
 separate context, and TensorRT's ``enqueueV3`` then fails with "invalid resource handle".
 """
 
