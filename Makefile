@@ -42,7 +42,7 @@ FORCE:
 
 # tensorrt-stubs live OUTSIDE the venv (inside, `import tensorrt` would succeed and break ModelOpt).
 # The wheel holds tensorrt/__init__.pyi and tensorrt_bindings/{__init__,tensorrt}.pyi (TRT 10.13's real API);
-# patched here (TENSORRT.md): parameters named `in` (a keyword), `add_scale_nd`'s required `channel_axis`
+# patched here (docs/TENSORRT.md "Python bindings, stubs and the CUDA side"): parameters named `in` (a keyword), `add_scale_nd`'s required `channel_axis`
 # after defaulted ones, and `import tensorrt_libs` (a runtime-only package with no stubs). The last step
 # parses every .pyi so a patch that stops matching fails here, not as 500 mypy errors.
 $(TYPECHECK)/.ready:

@@ -3,7 +3,7 @@
 Issue 2, "What must be shown" 1: ``retinaedge train --config edge --time-budget 10`` on 2 CPU cores must
 reach AP50 >= 0.7 on the val split. This script runs exactly that command (as a subprocess, so start-up and
 the final evaluation count in the wall time), then, in the same run and on the same data and budget, the
-recipe ARCHITECTURE.md measured as the best torchvision setting (``torchvision.models.detection.RetinaNet``
+recipe issue 14 names as the tuned torchvision setting (``torchvision.models.detection.RetinaNet``
 on a ResNet-18 FPN P3-P7, FPN width 64, GroupNorm heads, torchvision's default anchors, AdamW lr 1e-3,
 batch 16, 192 px, the same warmup + cosine-over-the-budget schedule), evaluated through the same letterbox
 and pycocotools code. It prints AP, AP50, wall time and training img/s of both and the AP50 ratio.
@@ -65,7 +65,7 @@ def run_ours(data: Path, out: Path, budget: float, config: str, sets: list[str])
 
 def run_torchvision_peer(data: Path, budget: float, *, size: int = 192, batch: int = 16, lr: float = 1e-3,
                          threads: int = 0, workers: int = 2, seed: int = 0) -> dict:
-    """Train torchvision's RetinaNet (the ARCHITECTURE.md recipe) for ``budget`` minutes and COCO-evaluate it."""
+    """Train torchvision's RetinaNet (the tuned recipe of issue 14) for ``budget`` minutes and COCO-evaluate it."""
     import math
 
     import numpy as np
@@ -133,7 +133,7 @@ def run_torchvision_peer(data: Path, budget: float, *, size: int = 192, batch: i
             losses = model(x, targets)
             loss = sum(losses.values())
             if not math.isfinite(float(loss.detach())):
-                return {"name": "torchvision RetinaNet (ARCHITECTURE.md recipe)", "error": f"non-finite loss at "
+                return {"name": "torchvision RetinaNet (tuned recipe)", "error": f"non-finite loss at "
                         f"step {step + 1}"}
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,7 +163,7 @@ def run_torchvision_peer(data: Path, budget: float, *, size: int = 192, batch: i
                                                  o["labels"].numpy().astype(np.int64))
     m = coco_evaluate(val_ds.coco, dets, spec.category_ids, spec.class_names)
     wall = time.perf_counter() - t0
-    return {"name": "torchvision RetinaNet (ARCHITECTURE.md recipe)", "AP": m["AP"], "AP50": m["AP50"],
+    return {"name": "torchvision RetinaNet (tuned recipe)", "AP": m["AP"], "AP50": m["AP50"],
             "AP75": m["AP75"], "wall_s": wall, "train_img_per_s": round(images / train_time, 2), "steps": step,
             "epochs": epoch, "per_class_AP": m["per_class_AP"]}
 

@@ -6,7 +6,7 @@ Measured in one run, against the peer in the same run (ratios, not absolute time
 * ORT ``int8-cpu`` (U8S8 QDQ) vs ORT FP32, batch 1 — goal >= 2.5x faster, keeping >= 99% of the FP32 AP;
 * AP retention vs ORT FP32 on the val set (ORT + the numpy EfficientNMS twin): FP16 (goal 99.9%), INT8 Q/DQ for
   TensorRT (goal 99%; it is validated for accuracy here, never timed: TensorRT-style symmetric Q/DQ runs slower
-  than FP32 in ORT, TENSORRT.md), int8-cpu (goal 99%).
+  than FP32 in ORT, docs/TENSORRT.md), int8-cpu (goal 99%).
 
 Usage::
 

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
                    help="calibration images for weakly-typed INT8 from the FP32 ONNX (folder or dataset root)")
     p.add_argument("--spec", type=Path, default=None, help="spec.json (default: beside the ONNX)")
     p.add_argument("--version-compatible", action="store_true",
-                   help="engine runs on later TensorRT (same major); not with EfficientNMS (export --nms onnx)")
+                   help="engine runs on later TensorRT (same major, 10.x on 11.x); not with EfficientNMS (--nms onnx)")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     p.set_defaults(func=run)
 

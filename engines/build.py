@@ -80,7 +80,8 @@ class BuildConfig:
         calib_data: calibration images (a folder or a dataset root) for weakly-typed INT8 from an FP32 ONNX.
         calib_batch_size: images per calibration batch (clipped to the batch profile).
         calib_max_images: at most this many calibration images (sorted by name).
-        version_compatible: ``BuilderFlag.VERSION_COMPATIBLE`` (runs on later TensorRT of the same major).
+        version_compatible: ``BuilderFlag.VERSION_COMPATIBLE`` (runs on later TensorRT: the same major, and a
+            10.x build on 11.x; docs/TENSORRT.md "Version and hardware compatibility").
         hardware_compatible: ``HardwareCompatibilityLevel.AMPERE_PLUS`` (runs on any Ampere+ GPU).
         strongly_typed: None (auto), True (strongly typed or refuse), False (weakly typed or refuse).
         onnx_kind: ``auto`` (from the file name ``model.<fp32|fp16|int8>.onnx``, else its content) or explicit.

@@ -9,7 +9,7 @@
 * The cache key is the sha256 of (the pre-NMS ONNX bytes, the image list with each file's content hash, the
   preprocessing parameters of the spec); the cache directory is named by the key, so a stale entry is never
   read, and entries for other keys are pruned when a new one is written.
-* ModelOpt patches ONNX Runtime's quantization classes in place when it runs (TENSORRT.md, "process trap");
+* ModelOpt patches ONNX Runtime's quantization classes in place when it runs (docs/TENSORRT.md, "process trap");
   `run_isolated` runs a tool in a fresh ``spawn`` process so neither quantizer ever sees the other's patches.
 """
 

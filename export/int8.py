@@ -2,7 +2,7 @@
 
 * ``int8`` (TensorRT): NVIDIA ModelOpt ONNX PTQ (``modelopt.onnx.quantization.quantize``) with symmetric INT8
   Q/DQ (zero point 0), ``calibration_eps=["cpu"]``, ``high_precision_dtype="fp32"`` (the rest stays FP32;
-  ModelOpt's FP16 remainder is a TensorRT-build concern and ran 7.6x slower in ORT, TENSORRT.md). ModelOpt
+  ModelOpt's FP16 remainder is a TensorRT-build concern and ran 7.6x slower in ORT, docs/TENSORRT.md). ModelOpt
   raises the opset to 19; the result is converted back to the export opset with ``onnx.version_converter``
   when that succeeds (INT8 Q/DQ with float32 scales means the same at opset 13..19), so TensorRT 8.6 can read
   it. The plugin is appended afterwards (ModelOpt cannot run EfficientNMS_TRT).
@@ -166,7 +166,7 @@ def quantize_int8_tensorrt(
         exclude_nodes: node names kept out of INT8 (ModelOpt ``nodes_to_exclude``, matched exactly), on top of the
             output tail; ``export --mixed auto`` passes the kept-high units here.
         high_precision_dtype: what ModelOpt leaves the unquantised nodes in: ``fp32`` (the default: ORT runs
-            ModelOpt's FP16 remainder 7.6x slower, TENSORRT.md) or ``fp16``.
+            ModelOpt's FP16 remainder 7.6x slower, docs/TENSORRT.md) or ``fp16``.
     """
     if method not in ("entropy", "max"):
         raise InputError(f"calibration method {method!r} is not supported by ModelOpt INT8; use 'entropy' or 'max'")

@@ -146,7 +146,7 @@ def export_model(
                          target=target)
         path = out / f"model.{precision}.onnx"
         atomic_write_bytes(path, final.SerializeToString())
-        # Q/DQ INT8 is the strongly-typed path (TRT >= 10, ARCHITECTURE.md); TRT 8.6 builds INT8 from the FP32
+        # Q/DQ INT8 is the strongly-typed path (TRT >= 10, docs/TENSORRT.md); TRT 8.6 builds INT8 from the FP32
         # file with its calibrator, and ModelOpt's opset 19 cannot always be converted back to 17 (Resize)
         report = lint_onnx(path, target_trt_majors=(10, 11) if precision == "int8" else (8, 10, 11))
         files[precision], reports[precision] = path, report

@@ -163,7 +163,7 @@ def _check_shape(tensor: Any, tail: list[int]) -> None:
 def clamp_box_deltas(graph: Any, spec: DetectorSpec) -> Any:
     """Undo the box-coding weights and clamp ``dw, dh`` at ``spec.box_coding.clamp``.
 
-    EfficientNMS_TRT decodes ``exp(dw)`` without a clamp (TENSORRT.md), so the clamp
+    EfficientNMS_TRT decodes ``exp(dw)`` without a clamp (docs/TENSORRT.md), so the clamp
     ``Min(d, [inf, inf, clamp, clamp])`` is in the graph for every NMS mode. The raw output is renamed
     ``box_deltas_raw``; the clamped (B, N, 4) float32 tensor takes the name ``spec.io.box_deltas``.
     """

@@ -1,7 +1,7 @@
 """A numpy twin of TensorRT's ``EfficientNMS_TRT`` plugin (version "1"), for running ``efficient`` graphs on CPU.
 
 The semantics follow the plugin's *source* (``plugin/efficientNMSPlugin/efficientNMSInference.cu`` and
-``.cuh``, byte-identical from TensorRT 8.6.1 to 11.1; see ``shared/design/TENSORRT.md``), not its README:
+``.cuh``, byte-identical from TensorRT 8.6.1 to 11.1; see docs/TENSORRT.md), not its README:
 
 * ``score_activation=1`` moves the threshold into logit space (``log(t / (1 - t))``, or ``-32768`` for
   ``t <= 0``); selection tests raw scores ``>=`` it, sorting and NMS use raw scores, and the sigmoid is

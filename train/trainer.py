@@ -1,7 +1,7 @@
 """The training loop: data -> RetinaNet -> focal loss -> optimiser, with COCO evaluation, atomic checkpoints,
 exact resume, a time budget, logs and curves.
 
-Artifacts written to ``out`` (ARCHITECTURE.md "Artifacts")::
+Artifacts written to ``out`` (docs/ARCHITECTURE.md "Artifacts")::
 
     spec.json          the DetectorSpec every later stage reads
     ckpt_last.pt       after every epoch and at a stop (resume point), atomically

@@ -8,7 +8,7 @@ log(1000/16)), then, for ``nms="efficient"``, EfficientNMS_TRT with the spec's a
 ``detection_scores`` (B, 10), ``detection_classes`` (B, 10) int32: the layout ``retinaedge export`` produces.
 
 Kinds: ``fp32``; ``fp16`` (convolutions in FP16, IO, heads' outputs and the plugin's inputs FP32, as
-TENSORRT.md asks); ``qdq`` (symmetric INT8 Q/DQ on every convolution's input and per-channel weights, scales
+docs/TENSORRT.md asks); ``qdq`` (symmetric INT8 Q/DQ on every convolution's input and per-channel weights, scales
 from a max calibration with ONNX Runtime on random images; the head outputs unquantised).
 """
 

@@ -5,7 +5,7 @@ classes: the ``.def``/``.def_property`` names of ``py::class_<...>(m, "...")``) 
 (the calibrator classes) at the tags ``v8.6.1`` (JetPack 5), ``v10.3.0`` (JetPack 6) and ``v11.1`` (the newest
 source; TensorRT 11.1 has no ``pyInt8.cpp`` at all). The pip ``tensorrt`` 11.4 wheel lacks the same names
 (``BuilderFlag.FP16``/``INT8``, ``IInt8*Calibrator*``, ``int8_calibrator``, ``EXPLICIT_BATCH``), checked in the
-wheel (shared/design/TENSORRT.md). Only the classes capability detection, the builder and the runner touch are
+wheel (docs/TENSORRT.md). Only the classes capability detection, the builder and the runner touch are
 listed, each with all its bound members (extracted from the sources above, dunder methods left out).
 """
 

@@ -1,4 +1,4 @@
-"""INT8 quantizers: head outputs kept unquantised, and the ModelOpt process trap (TENSORRT.md)."""
+"""INT8 quantizers: head outputs kept unquantised, and the ModelOpt process trap (docs/TENSORRT.md)."""
 
 from __future__ import annotations
 
