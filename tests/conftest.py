@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Shared test helpers live in tests/support/ and are imported as ``tests.support.<module>``. The engine and export
-# tests still import theirs (tests/engines/fake_trt.py, tiny_onnx.py, trt_namespaces.py; tests/export/
-# export_helpers.py) by bare name, so those two folders stay on sys.path until they move to tests/support/.
-for _helpers in ("engines", "export"):
-    sys.path.insert(0, str(Path(__file__).parent / _helpers))
+# Shared test helpers live in tests/support/ and are imported as ``tests.support.<module>``. The export tests still
+# import theirs (tests/export/export_helpers.py) by bare name, so that folder stays on sys.path until it moves.
+sys.path.insert(0, str(Path(__file__).parent / "export"))
 
 
 @functools.cache

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_trt import FP16, FP32, INT8, UINT8, HostCuda, fake_tensorrt
 
 from retinaedge.engines.build import BuildConfig, build_engine, onnx_kind_of
 from retinaedge.runtime.engine_meta import EngineSidecar
 from retinaedge.runtime.errors import EngineBuildError, InputError, MissingDependencyError
 from retinaedge.runtime.io import sha256_file
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+from tests.support.fake_trt import DLA_LAYERS, FP16, FP32, INT8, UINT8, HostCuda, fake_tensorrt
 
 SPEC = DetectorSpec(
     class_names=("a", "b"), input_height=64, input_width=64,
@@ -341,8 +341,6 @@ def test_item4_dla_refuses_a_dynamic_profile(export_dir):
 
 
 def test_item4_dla_share_from_the_inspector(export_dir):
-    from test_inspector import DLA_LAYERS
-
     result, _, _ = _build(export_dir, "model.fp16.onnx", "10.3", dla_core=0, batch=(1, 1, 1),
                           fake={"layers": DLA_LAYERS, "num_dla_cores": 2})
     assert result.sidecar.build_options["dla_layer_share"] == 0.5 and result.sidecar.build_options["dla_core"] == 0
@@ -350,7 +348,7 @@ def test_item4_dla_share_from_the_inspector(export_dir):
 
 
 # a RetinaNet tail as onnx-tensorrt names it (a layer per ONNX node, named after it): the names and wiring of
-# tests/engines/tiny_onnx.py / export/surgery.py -- heads' Concat, the clamp Min writing box_deltas, the plugin
+# tests/support/tiny_onnx.py / export/surgery.py -- heads' Concat, the clamp Min writing box_deltas, the plugin
 RETINA_NET = [
     ("conv1", "CONVOLUTION", ["images"], [("feat", "FLOAT")]),
     ("cls_head", "CONVOLUTION", ["feat"], [("cls_raw", "FLOAT")]),

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from trt_namespaces import namespace
 
 from retinaedge.engines.calibrator import (
     CalibrationBatcher,
@@ -18,6 +17,7 @@ from retinaedge.engines.calibrator import (
 from retinaedge.runtime.errors import EngineBuildError, InputError
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+from tests.support.trt_namespaces import namespace
 
 SPEC = DetectorSpec(
     class_names=("a",), input_height=64, input_width=64, letterbox_pad=114,
@@ -115,7 +115,7 @@ def test_entropy_calibrator_feeds_batches_and_never_reuses_a_stale_cache(tmp_pat
     import importlib
     import sys
 
-    from fake_trt import HostCuda
+    from tests.support.fake_trt import HostCuda
 
     class IInt8EntropyCalibrator2:  # the binding's base: only __init__ matters to the subclass
         def __init__(self) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 
 import pytest
-from trt_namespaces import FLAVOURS, namespace
 
 from retinaedge.engines.capability import BuildPath, choose_path, detect
 from retinaedge.runtime.errors import EngineBuildError, InputError
+from tests.support.trt_namespaces import FLAVOURS, namespace
 
 
 def test_detect_per_flavour():

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_onnx import MAX_DET, make_tiny_onnx
+
+from tests.support.tiny_onnx import MAX_DET, make_tiny_onnx
 
 pytestmark = pytest.mark.tensorrt
 

@@ -7,11 +7,20 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_trt import FP16, FP32, INT8_NHWC16, UINT8, UINT8_NHWC, inspector_json, split_format
 
 from retinaedge.engines.capability import BuildPath
 from retinaedge.engines.inspector import check, layer_precision_shares, summarize, tensor_type
 from retinaedge.runtime.errors import EngineBuildError
+from tests.support.fake_trt import (
+    DLA_LAYERS,
+    FP16,
+    FP32,
+    INT8_NHWC16,
+    UINT8,
+    UINT8_NHWC,
+    inspector_json,
+    split_format,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -29,25 +38,6 @@ MYELIN = {"Name": "{ForeignNode[Conv_0...Concat_198]}", "LayerType": "Myelin",
           "Inputs": [{"Name": "images", "Dimensions": [1, 3, 64, 64], "Format/Datatype": UINT8}],
           "Outputs": [{"Name": "cls_logits", "Dimensions": [1, 20, 3], "Format/Datatype": FP32}]}
 
-# a DLA engine: the layer names of NVIDIA/TensorRT issue 3143's DLA profile ("images to nvm",
-# "{ForeignNode[Conv_0...Concat_198]}", "head_3 from nvm", "images copy finish"); the DLA region reads what the
-# "to nvm" copy wrote. Its LayerType is in no NVIDIA source read, so it is left unknown here (make gpu-check dumps
-# a real one) and the DLA is told by the NVM copy feeding it.
-DLA_LAYERS = [
-    {"Name": "images to nvm", "LayerType": "Reformat",
-     "Inputs": [{"Name": "images", "Format/Datatype": FP16}],
-     "Outputs": [{"Name": "images_nvm", "Format/Datatype": FP16}]},
-    {"Name": "{ForeignNode[Conv_0...Concat_198]}", "LayerType": "unknown",
-     "Inputs": [{"Name": "images_nvm", "Format/Datatype": FP16}],
-     "Outputs": [{"Name": "head_3_nvm", "Format/Datatype": FP16}]},
-    {"Name": "head_3 from nvm", "LayerType": "Reformat",
-     "Inputs": [{"Name": "head_3_nvm", "Format/Datatype": FP16}],
-     "Outputs": [{"Name": "head_3", "Format/Datatype": FP16}]},
-    {"Name": "images copy finish", "LayerType": "unknown", "Inputs": [], "Outputs": []},
-    {"Name": "gpu_tail", "LayerType": "CaskConvolution",
-     "Inputs": [{"Name": "head_3", "Format/Datatype": FP16}],
-     "Outputs": [{"Name": "out", "Format/Datatype": FP16}]},
-]
 
 
 @pytest.mark.parametrize(("name", "shares", "counts"), [

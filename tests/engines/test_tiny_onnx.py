@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_onnx import MAX_DET, make_tiny_onnx, tiny_spec
+
+from tests.support.tiny_onnx import MAX_DET, make_tiny_onnx, tiny_spec
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

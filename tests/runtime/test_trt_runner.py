@@ -18,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))  # shared test helpers
-from fake_trt import HostCuda
-from trt_namespaces import namespace
-
 from retinaedge.runtime.engine_meta import EngineSidecar, sidecar_path
 from retinaedge.runtime.errors import EngineMismatchError, InputError, MissingDependencyError, ModelError
 from retinaedge.runtime.runner import Runner
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
 from retinaedge.runtime.trt_runner import TrtRunner
+from tests.support.fake_trt import HostCuda
+from tests.support.trt_namespaces import namespace
 
 SPEC = DetectorSpec(
     class_names=("a", "b", "c"), input_height=64, input_width=64,

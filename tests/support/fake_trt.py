@@ -17,7 +17,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from trt_namespaces import CLASSES, namespace
+
+from tests.support.trt_namespaces import CLASSES, namespace
 
 # ``Format/Datatype`` strings exactly as TensorRT 8.6 / 10.x print them: the keys of trt-engine-explorer's
 # ``_regionFormatDict`` (NVIDIA/TensorRT v10.3.0, tools/experimental/trt-engine-explorer/trex/activations.py),
@@ -405,3 +406,24 @@ class HostCuda:
 
     def compute_capability(self) -> tuple[int, int]:
         return self.cc
+
+
+# a DLA engine: the layer names of NVIDIA/TensorRT issue 3143's DLA profile ("images to nvm",
+# "{ForeignNode[Conv_0...Concat_198]}", "head_3 from nvm", "images copy finish"); the DLA region reads what the
+# "to nvm" copy wrote. Its LayerType is in no NVIDIA source read, so it is left unknown here (make gpu-check dumps
+# a real one) and the DLA is told by the NVM copy feeding it.
+DLA_LAYERS = [
+    {"Name": "images to nvm", "LayerType": "Reformat",
+     "Inputs": [{"Name": "images", "Format/Datatype": FP16}],
+     "Outputs": [{"Name": "images_nvm", "Format/Datatype": FP16}]},
+    {"Name": "{ForeignNode[Conv_0...Concat_198]}", "LayerType": "unknown",
+     "Inputs": [{"Name": "images_nvm", "Format/Datatype": FP16}],
+     "Outputs": [{"Name": "head_3_nvm", "Format/Datatype": FP16}]},
+    {"Name": "head_3 from nvm", "LayerType": "Reformat",
+     "Inputs": [{"Name": "head_3_nvm", "Format/Datatype": FP16}],
+     "Outputs": [{"Name": "head_3", "Format/Datatype": FP16}]},
+    {"Name": "images copy finish", "LayerType": "unknown", "Inputs": [], "Outputs": []},
+    {"Name": "gpu_tail", "LayerType": "CaskConvolution",
+     "Inputs": [{"Name": "head_3", "Format/Datatype": FP16}],
+     "Outputs": [{"Name": "out", "Format/Datatype": FP16}]},
+]
