@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from retinaedge.engines import inspector
 from retinaedge.engines.calibrator import (
     CalibrationBatcher,
-    calibration_cache_key,
-    calibration_images,
     make_entropy_calibrator,
 )
 from retinaedge.engines.capability import (
@@ -48,6 +46,7 @@ from retinaedge.engines.capability import (
     detect,
 )
 from retinaedge.runtime._lazy import require
+from retinaedge.runtime.calibration import calibration_images, calibration_key
 from retinaedge.runtime.cuda import CudaApi, PyCudaApi
 from retinaedge.runtime.engine_meta import EngineSidecar, sidecar_path
 from retinaedge.runtime.errors import EngineBuildError, InputError, MissingDependencyError
@@ -490,7 +489,7 @@ def build_engine(
         if path.calibrator:
             if calibrator is None:
                 images = calibration_images(config.calib_data or Path(), max_images=config.calib_max_images)
-                calib_hash = calibration_cache_key(onnx_sha, images, spec)
+                calib_hash = calibration_key(onnx_sha, images, spec)
                 calib_bs = min(max(config.calib_batch_size, batch[0]), batch[2])
                 batcher = CalibrationBatcher(images=images, spec=spec, batch_size=calib_bs)
                 own_calibrator = make_entropy_calibrator(

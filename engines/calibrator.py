@@ -15,54 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retinaedge.runtime.cocoeval import split_layout
 from retinaedge.runtime.errors import EngineBuildError, InputError
-from retinaedge.runtime.io import sha256_file, sha256_strings
-from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, list_images, load_image, preprocess_batch
+from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.spec import DetectorSpec
 
 if TYPE_CHECKING:
     from retinaedge.engines._trt_calibrator import EntropyCalibrator
     from retinaedge.runtime.cuda import CudaApi
-
-CACHE_KEY_VERSION = "retinaedge-calib-1"
-
-
-def calibration_images(data: str | Path, *, max_images: int | None = None) -> list[Path]:
-    """The calibration image files under ``data``, sorted.
-
-    ``data`` is an image folder, or a dataset root in the COCO layout (``DATA/train`` is used, else
-    ``DATA/val``; ``train2017``/``val2017`` in a COCO download): calibrate on training images, not on the
-    images the engine is evaluated on.
-
-    Raises:
-        InputError: if no images are found.
-    """
-    root = Path(data)
-    if not root.is_dir():
-        raise InputError(f"calibration data {str(root)!r} is not a folder; pass an image folder or a dataset root")
-    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir() if p.is_file())
-    folder = root
-    if not has_images:
-        for split in ("train", "val"):
-            sub = split_layout(root, split)[1]  # DATA/train, or COCO's DATA/train2017
-            if sub.is_dir():
-                folder = sub
-                break
-    files = list_images(folder)
-    return files[:max_images] if max_images else files
-
-
-def calibration_cache_key(onnx_sha256: str, image_paths: Sequence[Path], spec: DetectorSpec) -> str:
-    """sha256 over the ONNX, each calibration image (name and content) and the preprocessing (the spec).
-
-    Any change to one of them gives a new key, so a cache written for another model or image set is not read.
-    """
-    parts = [CACHE_KEY_VERSION, onnx_sha256, spec.to_json()]
-    for p in image_paths:
-        parts += [Path(p).name, sha256_file(p)]
-    return sha256_strings(parts)
-
 
 class CalibrationBatcher:
     """Fixed-size batches of letterboxed calibration images, the exact runtime preprocessing.
@@ -143,7 +102,7 @@ def make_entropy_calibrator(
         batcher: host-side batches.
         cache_path: calibration table file; ``<cache_path>.key`` holds the key it was written for.
         cuda: an open `CudaApi` in the building thread.
-        cache_key: from `calibration_cache_key`.
+        cache_key: `retinaedge.runtime.calibration.calibration_key`.
 
     Raises:
         EngineBuildError: if this TensorRT has no ``IInt8EntropyCalibrator2`` (TensorRT 11).

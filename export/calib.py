@@ -6,9 +6,9 @@
   pipeline prints the count); an error is raised only when no usable image is left. A calibration folder is
   often a copy of a dataset split where one bad file should not stop an export, but silently calibrating on
   fewer images than asked would hide it, hence the count in the log and in ``export.json``.
-* The cache key is the sha256 of (the pre-NMS ONNX bytes, the image list with each file's content hash, the
-  preprocessing parameters of the spec); the cache directory is named by the key, so a stale entry is never
-  read, and entries for other keys are pruned when a new one is written.
+* Which folder calibrates and the cache key are `retinaedge.runtime.calibration`'s (the same rule and key as
+  the TensorRT calibrator's); the cache directory is named by the key, so a stale entry is never read, and
+  entries for other keys are pruned when a new one is written.
 * ModelOpt patches ONNX Runtime's quantization classes in place when it runs (docs/TENSORRT.md, "process trap");
   `run_isolated` runs a tool in a fresh ``spawn`` process so neither quantizer ever sees the other's patches.
 """
@@ -27,10 +27,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from retinaedge.runtime.cocoeval import split_layout
 from retinaedge.runtime.errors import InputError
-from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, sha256_file, sha256_strings
-from retinaedge.runtime.preprocess import IMAGE_SUFFIXES, Letterbox, list_images, load_image, preprocess_batch
+from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, sha256_file
+from retinaedge.runtime.preprocess import Letterbox, load_image, preprocess_batch
 from retinaedge.runtime.spec import DetectorSpec
 
 T = TypeVar("T")
@@ -53,26 +52,6 @@ class CalibrationSet:
     batch: np.ndarray
     metas: tuple[Letterbox, ...]
     skipped: tuple[tuple[Path, str], ...] = ()
-
-
-def find_image_folder(data: str | Path) -> Path:
-    """The calibration image folder for ``data``.
-
-    ``DATA/train`` when it exists (calibrate on the training distribution and keep ``DATA/val`` held out for
-    measuring AP), else ``DATA/val``, else ``data`` itself when it directly holds images (``train2017``/``val2017``
-    where a COCO download has those instead: `retinaedge.runtime.cocoeval.split_layout`).
-
-    Raises:
-        InputError: when none of these exists or holds images.
-    """
-    d = Path(data)
-    for candidate in (split_layout(d, "train")[1], split_layout(d, "val")[1], d):
-        if candidate.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in candidate.iterdir()):
-            return candidate
-    raise InputError(
-        f"calibration data {str(d)!r} holds no images in train/, val/ or itself (suffixes {list(IMAGE_SUFFIXES)}); "
-        "pass a dataset dir (DATA/train, DATA/val) or an image folder"
-    )
 
 
 def load_calibration_set(
@@ -103,33 +82,6 @@ def load_calibration_set(
         )
     batch, metas = preprocess_batch(images, spec)
     return CalibrationSet(tuple(used), batch, tuple(metas), tuple(skipped))
-
-
-def load_calibration_folder(folder: str | Path, spec: DetectorSpec, *, limit: int) -> CalibrationSet:
-    """`load_calibration_set` over `list_images(folder)` (sorted)."""
-    return load_calibration_set(list_images(folder), spec, limit=limit)
-
-
-def preprocessing_params(spec: DetectorSpec) -> dict[str, Any]:
-    """Everything in the spec that changes the calibration tensors (part of the cache key)."""
-    return {
-        "input_height": spec.input_height,
-        "input_width": spec.input_width,
-        "layout": spec.layout,
-        "input_dtype": spec.input_dtype,
-        "letterbox_pad": spec.letterbox_pad,
-        "letterbox_center": spec.letterbox_center,
-        "pixel_mean": list(spec.pixel_mean),
-        "pixel_std": list(spec.pixel_std),
-    }
-
-
-def calibration_key(onnx_bytes: bytes, files: Sequence[Path], spec: DetectorSpec) -> str:
-    """sha256 of (ONNX bytes, image list with content hashes, preprocessing parameters)."""
-    parts = [f"format={CACHE_FORMAT}", "onnx=" + hashlib.sha256(onnx_bytes).hexdigest()]
-    parts += [f"image={Path(f).name}:{sha256_file(f)}" for f in files]
-    parts.append("preprocessing=" + json.dumps(preprocessing_params(spec), sort_keys=True))
-    return sha256_strings(parts)
 
 
 class CalibrationCache:

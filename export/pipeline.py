@@ -8,6 +8,7 @@ from the pre-NMS graph (FP16 AutoCast, ModelOpt INT8, ORT U8S8 INT8), append the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,6 @@ import onnx
 from retinaedge.export.calib import (
     CalibrationCache,
     CalibrationSet,
-    calibration_key,
-    find_image_folder,
     load_calibration_set,
 )
 from retinaedge.export.config import ExportConfig
@@ -32,6 +31,7 @@ from retinaedge.export.lint import LintReport, lint_onnx
 from retinaedge.export.mixed import HighDtype, set_keep_high
 from retinaedge.export.onnx_export import export_onnx, random_images
 from retinaedge.export.surgery import finalize, prepare_pre_nms
+from retinaedge.runtime.calibration import calibration_folder, calibration_key
 from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_file
@@ -110,13 +110,13 @@ def export_model(
     if config.needs_calibration:
         if config.calib_data is None:  # ExportConfig refuses this already
             raise InputError("calib_data is required for int8/int8-cpu; pass --calib-data DATA")
-        folder = find_image_folder(config.calib_data)
+        folder = calibration_folder(config.calib_data)
         calib = load_calibration_set(list_images(folder), spec, limit=config.calib_images)
         record.update(folder=str(folder), images=[p.name for p in calib.files],
                       skipped=[{"file": str(p), "reason": r} for p, r in calib.skipped])
         say(f"calibration: {len(calib.files)} images from {folder}"
             + (f", {len(calib.skipped)} corrupt skipped (first: {calib.skipped[0][0].name})" if calib.skipped else ""))
-        key = calibration_key(pre.SerializeToString(), calib.files, spec)
+        key = calibration_key(hashlib.sha256(pre.SerializeToString()).hexdigest(), calib.files, spec)
         cache = CalibrationCache(root=out / "calib", key=key)
         record["key"] = key
         record["cache_hits"] = []

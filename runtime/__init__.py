@@ -13,11 +13,12 @@ from retinaedge.runtime.spec import DetectorSpec
 
 SHARED_KERNEL: tuple[str, ...] = (
     "spec", "errors", "io", "_lazy", "preprocess", "detections", "cocoeval", "runner", "postprocess", "nms",
-    "onnxinfo",
+    "onnxinfo", "calibration",
 )
 """The runtime modules every stage may import: the spec, errors, atomic file writes, lazy imports, the letterbox,
 the `Detections` type, the COCO readers and scoring, the `Runner` interface (the torch runner implements it
 too) and the exported graph's post-processing and NMS in numpy (export scores its held-out set with them), and what an
-exported ONNX says about itself (`onnxinfo.describe_onnx`)."""
+exported ONNX says about itself (`onnxinfo.describe_onnx`); which images calibrate INT8 and the calibration key
+(`calibration`)."""
 
 __all__ = ["SHARED_KERNEL", "DetectorSpec"]

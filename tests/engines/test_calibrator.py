@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinaedge.engines.calibrator import (
-    CalibrationBatcher,
-    calibration_cache_key,
-    calibration_images,
-    make_entropy_calibrator,
-)
+from retinaedge.engines.calibrator import CalibrationBatcher, make_entropy_calibrator
 from retinaedge.runtime.errors import EngineBuildError, InputError
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
@@ -76,31 +71,6 @@ def test_batcher_argument_checks(tmp_path):
         CalibrationBatcher(images=paths, spec=SPEC, batch_size=4)
     with pytest.raises(InputError, match="batch_size=0"):
         CalibrationBatcher(images=paths, spec=SPEC, batch_size=0)
-
-
-def test_calibration_images_prefers_train_split(tmp_path):
-    train = _pngs(tmp_path / "data" / "train", [(16, 16)] * 3)
-    _pngs(tmp_path / "data" / "val", [(16, 16)] * 2, seed=1)
-    assert calibration_images(tmp_path / "data") == train
-    assert calibration_images(tmp_path / "data", max_images=2) == train[:2]
-    assert calibration_images(tmp_path / "data" / "train") == train
-    with pytest.raises(InputError):
-        calibration_images(tmp_path / "nowhere")
-    coco = _pngs(tmp_path / "coco" / "train2017", [(16, 16)] * 2)  # COCO's own folder names
-    _pngs(tmp_path / "coco" / "val2017", [(16, 16)] * 2, seed=1)
-    assert calibration_images(tmp_path / "coco") == coco
-
-
-def test_cache_key_changes_with_onnx_images_and_preprocessing(tmp_path):
-    paths = _pngs(tmp_path / "imgs", [(64, 64)] * 3)
-    key = calibration_cache_key("a" * 64, paths, SPEC)
-    assert key == calibration_cache_key("a" * 64, list(paths), SPEC)  # deterministic
-    assert len(key) == 64
-    assert key != calibration_cache_key("b" * 64, paths, SPEC)  # another ONNX
-    assert key != calibration_cache_key("a" * 64, paths[:2], SPEC)  # another image set
-    assert key != calibration_cache_key("a" * 64, paths, SPEC.replace(letterbox_pad=0))  # other preprocessing
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(paths[1])  # same names, new content
-    assert key != calibration_cache_key("a" * 64, paths, SPEC)
 
 
 def test_make_entropy_calibrator_refuses_on_trt11(tmp_path):

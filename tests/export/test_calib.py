@@ -1,4 +1,5 @@
-"""Calibration images (runtime preprocessing, corrupt files) and the calibration cache key/reuse rules."""
+"""Calibration images (runtime preprocessing, corrupt files) and the calibration cache reuse rules (the folder and
+the key: tests/runtime/test_calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinaedge.export.calib import (
-    CalibrationCache,
-    calibration_key,
-    find_image_folder,
-    load_calibration_folder,
-    load_calibration_set,
-)
+from retinaedge.export.calib import CalibrationCache, load_calibration_set
 from retinaedge.runtime.errors import InputError
-from retinaedge.runtime.preprocess import letterbox, load_image, to_input
+from retinaedge.runtime.preprocess import letterbox, list_images, load_image, to_input
 from retinaedge.runtime.spec import DetectorSpec
 
 
@@ -33,7 +28,7 @@ def _images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 def test_calibration_uses_the_runtime_letterbox(tmp_path: Path, tiny_spec: DetectorSpec) -> None:
     files = _images(tmp_path / "imgs", 3)
-    cset = load_calibration_folder(tmp_path / "imgs", tiny_spec, limit=2)
+    cset = load_calibration_set(list_images(tmp_path / "imgs"), tiny_spec, limit=2)
     assert cset.files == tuple(files[:2])
     assert cset.batch.shape == (2, 3, 64, 64) and cset.batch.dtype == np.uint8
     want = to_input([letterbox(load_image(f), tiny_spec)[0] for f in files[:2]], tiny_spec)
@@ -50,43 +45,6 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, tiny_spec: Detec
     assert [p for p, _ in cset.skipped] == [bad] and "cannot be decoded" in cset.skipped[0][1]
     with pytest.raises(InputError, match=r"no usable calibration image among 1 files, 1 corrupt.*broken\.jpg"):
         load_calibration_set([bad], tiny_spec)
-
-
-def test_folder_choice(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="holds no images"):
-        find_image_folder(tmp_path)
-    _images(tmp_path / "val", 1)
-    assert find_image_folder(tmp_path) == tmp_path / "val"
-    _images(tmp_path / "train", 1)
-    assert find_image_folder(tmp_path) == tmp_path / "train"  # train calibrates, val stays held out
-    assert find_image_folder(tmp_path / "val") == tmp_path / "val"  # a plain image folder
-
-
-
-def test_folder_choice_in_a_coco_download(tmp_path: Path) -> None:
-    # COCO as unpacked from cocodataset.org: train2017/, val2017/ (no train/, val/)
-    _images(tmp_path / "val2017", 1)
-    assert find_image_folder(tmp_path) == tmp_path / "val2017"
-    _images(tmp_path / "train2017", 1)
-    assert find_image_folder(tmp_path) == tmp_path / "train2017"
-
-def test_key_changes_with_each_part(tmp_path: Path, tiny_spec: DetectorSpec) -> None:
-    files = _images(tmp_path / "imgs", 3)
-    onnx_bytes = b"model-bytes"
-    key = calibration_key(onnx_bytes, files, tiny_spec)
-    assert key == calibration_key(onnx_bytes, list(files), tiny_spec)
-    changed = {
-        "onnx": calibration_key(b"model-bytes2", files, tiny_spec),
-        "image list": calibration_key(onnx_bytes, files[:2], tiny_spec),
-        "image order": calibration_key(onnx_bytes, files[::-1], tiny_spec),
-        "letterbox pad": calibration_key(onnx_bytes, files, tiny_spec.replace(letterbox_pad=0)),
-        "input dtype": calibration_key(onnx_bytes, files, tiny_spec.replace(input_dtype="float32")),
-        "pixel mean": calibration_key(onnx_bytes, files, tiny_spec.replace(pixel_mean=(0.0, 0.0, 0.0))),
-    }
-    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(files[0])  # same name, new content
-    changed["image content"] = calibration_key(onnx_bytes, files, tiny_spec)
-    assert all(v != key for v in changed.values()), [k for k, v in changed.items() if v == key]
-    assert len(set(changed.values())) == len(changed)
 
 
 def test_cache_reuse_and_no_stale_reads(tmp_path: Path) -> None:
