@@ -48,7 +48,7 @@ from retinaedge.engines.capability import (
 from retinaedge.runtime._lazy import require
 from retinaedge.runtime.calibration import calibration_images, calibration_key
 from retinaedge.runtime.cuda import CudaApi, PyCudaApi
-from retinaedge.runtime.engine_meta import EngineSidecar, sidecar_path
+from retinaedge.runtime.engine_meta import AMPERE, EngineSidecar, sidecar_path
 from retinaedge.runtime.errors import EngineBuildError, InputError, MissingDependencyError
 from retinaedge.runtime.io import atomic_write_bytes, ensure_writable_dir, sha256_file
 from retinaedge.runtime.onnxinfo import OnnxInfo, describe_onnx
@@ -373,7 +373,7 @@ def build_engine(
     cuda.open()
     try:
         device_name, cc = cuda.device_name(), cuda.compute_capability()
-        if config.hardware_compatible and cc < (8, 0):
+        if config.hardware_compatible and cc < AMPERE:
             raise EngineBuildError(
                 f"hardware_compatible=True needs an Ampere+ GPU to build on; {device_name} is {cc[0]}.{cc[1]}"
             )
