@@ -220,19 +220,19 @@ def check(path: BuildPath, summary: LayerSummary, *, explicit_quantization: bool
         if not fp16:
             if strong and not summary.opaque:
                 raise fail("an FP16 ONNX built strongly typed must give FP16 layers")
-            warnings.append(
-                f"fp16 build has no FP16 layer{where}: "
-                + ("its FP16 may be inside the Myelin regions" if strong else
-                   "BuilderFlag.FP16 allows FP16 but does not force it; TensorRT found FP32 faster for every layer")
-            )
-    else:
-        if not int8:
-            forced = strong or explicit_quantization
-            if forced and not summary.opaque:
-                raise fail("a Q/DQ ONNX must give INT8 layers")
-            warnings.append(
-                f"int8 build has no INT8 layer{where}: "
-                + ("its INT8 may be inside the Myelin regions" if forced else
-                   "BuilderFlag.INT8 with a calibrator allows INT8 but does not force it")
-            )
+            warnings.append(_none_of("fp16", where, forced=strong, allows="BuilderFlag.FP16 allows FP16 but does not "
+                                     "force it; TensorRT found FP32 faster for every layer"))
+    elif not int8:
+        forced = strong or explicit_quantization
+        if forced and not summary.opaque:
+            raise fail("a Q/DQ ONNX must give INT8 layers")
+        warnings.append(_none_of("int8", where, forced=forced,
+                                 allows="BuilderFlag.INT8 with a calibrator allows INT8 but does not force it"))
     return warnings
+
+
+def _none_of(precision: str, where: str, *, forced: bool, allows: str) -> str:
+    """The warning for a build with no layer of its precision that TensorRT may legally have built: forced types
+    hidden in Myelin regions, or a flag that only allows the precision."""
+    why = f"its {precision.upper()} may be inside the Myelin regions" if forced else allows
+    return f"{precision} build has no {precision.upper()} layer{where}: {why}"

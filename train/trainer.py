@@ -855,33 +855,21 @@ class _Run:
         return self.ctx.broadcast_object(result, what="final metrics broadcast")
 
 
-def train(
-    config: TrainConfig,
-    *,
-    data: str | Path | None,
-    out: str | Path,
-    train_ann: str | Path | None = None,
-    train_images: str | Path | None = None,
-    val_ann: str | Path | None = None,
-    val_images: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-    progress: bool | None = None,
-    stop_after_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train a RetinaNet and write the run's artifacts to ``out``; see `Trainer` for the arguments.
+def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Train a RetinaNet and write the run's artifacts to ``out``: ``Trainer(config=config, **kwargs).run()``.
+
+    Args:
+        config: the training config.
+        **kwargs: `Trainer`'s keyword arguments (``data``, ``out`` required; ``resume``, ``log``, ``progress``,
+            ``stop_after_steps``, the split paths, an injected ``model`` or ``loss_fn``).
 
     Returns:
         The final metrics: the 12 COCO stats by name, ``per_class_AP``, and the run summary (``epoch``,
-        ``step``, ``stopped``, ``best_AP``, ``wall_time_s``, ``train_img_per_s``).
+        ``step``, ``stopped``, ``ended_by``, ``best_AP``, ``wall_time_s``, ``train_img_per_s``).
 
     Raises:
         InputError: bad paths, an out dir that already holds a run (without ``resume``), a resume whose
             config changes the architecture.
         NonFiniteLossError: the loss became NaN/inf (names the step and the batch's image ids).
     """
-    return Trainer(
-        config=config, data=data, out=out, train_ann=train_ann, train_images=train_images, val_ann=val_ann,
-        val_images=val_images, resume=resume, log=log, progress=progress, stop_after_steps=stop_after_steps,
-    ).run()
-
+    return Trainer(config=config, **kwargs).run()

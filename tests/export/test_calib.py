@@ -7,27 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from retinaedge.export.calib import CalibrationCache, load_calibration_set
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.preprocess import letterbox, list_images, load_image, to_input
 from retinaedge.runtime.spec import DetectorSpec
-
-
-def _images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        p = folder / f"img_{i}.png"
-        Image.fromarray(rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8)).save(p)
-        out.append(p)
-    return out
+from tests.support.images import write_images
 
 
 def test_calibration_uses_the_runtime_letterbox(tmp_path: Path, tiny_spec: DetectorSpec) -> None:
-    files = _images(tmp_path / "imgs", 3)
+    files = write_images(tmp_path / "imgs", 3)
     cset = load_calibration_set(list_images(tmp_path / "imgs"), tiny_spec, limit=2)
     assert cset.files == tuple(files[:2])
     assert cset.batch.shape == (2, 3, 64, 64) and cset.batch.dtype == np.uint8
@@ -37,7 +26,7 @@ def test_calibration_uses_the_runtime_letterbox(tmp_path: Path, tiny_spec: Detec
 
 
 def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, tiny_spec: DetectorSpec) -> None:
-    files = _images(tmp_path / "imgs", 2)
+    files = write_images(tmp_path / "imgs", 2)
     bad = tmp_path / "imgs" / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     cset = load_calibration_set([bad, *files], tiny_spec)

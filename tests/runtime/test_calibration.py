@@ -11,6 +11,7 @@ from PIL import Image
 from retinaedge.runtime.calibration import calibration_folder, calibration_images, calibration_key
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+from tests.support.images import write_images
 
 SPEC = DetectorSpec(
     class_names=("a",), input_height=64, input_width=64, letterbox_pad=114,
@@ -18,39 +19,28 @@ SPEC = DetectorSpec(
 )
 
 
-def _images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        p = folder / f"img_{i}.png"
-        Image.fromarray(rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8)).save(p)
-        out.append(p)
-    return out
-
-
 def test_folder_choice(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds no images"):
         calibration_folder(tmp_path)
-    _images(tmp_path / "val", 1)
+    write_images(tmp_path / "val", 1)
     assert calibration_folder(tmp_path) == tmp_path / "val"
-    _images(tmp_path / "train", 1)
+    write_images(tmp_path / "train", 1)
     assert calibration_folder(tmp_path) == tmp_path / "train"  # train calibrates, val stays held out
     assert calibration_folder(tmp_path / "val") == tmp_path / "val"  # a plain image folder
-    _images(tmp_path, 1)
+    write_images(tmp_path, 1)
     assert calibration_folder(tmp_path) == tmp_path  # a folder that holds images is the one named on purpose
 
 
 
 def test_folder_choice_in_a_coco_download(tmp_path: Path) -> None:
     # COCO as unpacked from cocodataset.org: train2017/, val2017/ (no train/, val/)
-    _images(tmp_path / "val2017", 1)
+    write_images(tmp_path / "val2017", 1)
     assert calibration_folder(tmp_path) == tmp_path / "val2017"
-    _images(tmp_path / "train2017", 1)
+    write_images(tmp_path / "train2017", 1)
     assert calibration_folder(tmp_path) == tmp_path / "train2017"
 
 def test_key_changes_with_each_part(tmp_path: Path) -> None:
-    files = _images(tmp_path / "imgs", 3)
+    files = write_images(tmp_path / "imgs", 3)
     onnx_sha = "a" * 64
     key = calibration_key(onnx_sha, files, SPEC)
     assert key == calibration_key(onnx_sha, list(files), SPEC) and len(key) == 64  # deterministic, hex sha256
@@ -69,13 +59,13 @@ def test_key_changes_with_each_part(tmp_path: Path) -> None:
 
 
 def test_calibration_images_prefers_train_split(tmp_path):
-    train = _images(tmp_path / "data" / "train", 3)
-    _images(tmp_path / "data" / "val", 2, seed=1)
+    train = write_images(tmp_path / "data" / "train", 3)
+    write_images(tmp_path / "data" / "val", 2, seed=1)
     assert calibration_images(tmp_path / "data") == train
     assert calibration_images(tmp_path / "data", max_images=2) == train[:2]
     assert calibration_images(tmp_path / "data" / "train") == train
     with pytest.raises(InputError):
         calibration_images(tmp_path / "nowhere")
-    coco = _images(tmp_path / "coco" / "train2017", 2)  # COCO's own folder names
-    _images(tmp_path / "coco" / "val2017", 2, seed=1)
+    coco = write_images(tmp_path / "coco" / "train2017", 2)  # COCO's own folder names
+    write_images(tmp_path / "coco" / "val2017", 2, seed=1)
     assert calibration_images(tmp_path / "coco") == coco
