@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "train": "train_cmd",
     "eval": "eval_cmd",
     "export": "export_cmd",
+    "qat": "qat_cmd",
     "build": "build_cmd",
     "infer": "infer_cmd",
     "validate": "validate_cmd",
