@@ -420,20 +420,13 @@ def export_qat_onnx(model: Any, spec: DetectorSpec, out_dir: Path, *, nms: NmsMo
         ModelError: the exported graph's Q/DQ is not what TensorRT's strongly typed INT8 path takes (`check_qdq`),
             or the lint found errors.
     """
-    import torch
-
     from retinaedge.export.lint import lint_onnx
-    from retinaedge.export.onnx_export import export_onnx
-    from retinaedge.export.surgery import finalize, prepare_pre_nms
+    from retinaedge.export.surgery import finalize
     from retinaedge.runtime.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_file
 
     say: Echo = echo or log.info
     out = ensure_writable_dir(out_dir)
-    model = model.to("cpu").eval()
-    model.to(memory_format=torch.contiguous_format)
-    raw = _quiet_call(lambda: export_onnx(model, spec, opset=opset, exporter="torchscript"))
-    pre = drop_identity_casts(prepare_pre_nms(raw, spec))
-    check_qdq(pre)
+    pre = qat_pre_nms(model, spec, opset=opset)
     summary = qdq_summary(pre)
     final = finalize(pre, spec, nms=nms, precision="int8", target="tensorrt")
     path = out / "model.int8.onnx"
@@ -454,6 +447,26 @@ def export_qat_onnx(model: Any, spec: DetectorSpec, out_dir: Path, *, nms: NmsMo
         raise ModelError(f"the QAT export {str(path)!r} fails the TensorRT lint: {report.summary()}; "
                          f"first: {report.errors[0] if report.errors else '-'}")
     return path, report.summary(), summary
+
+
+def qat_pre_nms(model: Any, spec: DetectorSpec, *, opset: int = 17) -> onnx.ModelProto:
+    """The pre-NMS Q/DQ graph of a quantised model (``cls_logits`` (B, N, K), ``box_deltas`` (B, N, 4)), checked.
+
+    The model is put on the CPU in eval mode. TorchScript exporter (ModelOpt's quantisers export through TorchScript
+    symbolics), the export's sanitize/concat (`retinaedge.export.surgery.prepare_pre_nms`), identity Casts dropped,
+    `check_qdq`.
+    """
+    import torch
+
+    from retinaedge.export.onnx_export import export_onnx
+    from retinaedge.export.surgery import prepare_pre_nms
+
+    model = model.to("cpu").eval()
+    model.to(memory_format=torch.contiguous_format)
+    raw = _quiet_call(lambda: export_onnx(model, spec, opset=opset, exporter="torchscript"))
+    pre = drop_identity_casts(prepare_pre_nms(raw, spec))
+    check_qdq(pre)
+    return pre
 
 
 def drop_identity_casts(model: onnx.ModelProto) -> onnx.ModelProto:

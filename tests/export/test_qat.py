@@ -104,9 +104,8 @@ def test_qat_qdq_matches_modelopt_onnx_ptq_structurally(qat_run: Any, qat_data: 
 
     result, _ = qat_run
     model, spec, _ = qat.load_qat_checkpoint(result.out)
-    qat_pre = qat.drop_identity_casts(prepare_pre_nms(export_onnx(model, spec, opset=17, exporter="torchscript"),
-                                                      spec))
-    qat.check_qdq(qat_pre)  # symmetric int8, zero point 0, per-channel weights on axis 0, unquantised tail
+    qat_pre = qat.qat_pre_nms(model, spec, opset=17)  # check_qdq: symmetric int8, zero point 0, per-channel
+    qat.check_qdq(qat_pre)  # weights on axis 0, per-tensor activations, an unquantised tail
     state = torch.load(result.out / "qat_state.pt", weights_only=True)
     fp32, _, _ = load_checkpoint(state["source"]["checkpoint"])
     pre = prepare_pre_nms(export_onnx(fp32, spec, opset=17), spec)
