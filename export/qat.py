@@ -3,7 +3,8 @@
 Steps (`run_qat`):
 
 1. load the trained FP32 checkpoint (`retinaedge.train.checkpoint.load_checkpoint`);
-2. insert INT8 quantisers with NVIDIA ModelOpt (``modelopt.torch.quantization.quantize``, `quant_config`) and
+2. fold each BatchNorm into its conv (`fold_batchnorm`: what torch.onnx does before PTQ sees the graph), insert
+   INT8 quantisers with NVIDIA ModelOpt (``modelopt.torch.quantization.quantize``, `quant_config`) and
    calibrate them (max) on the images ``retinaedge export`` calibrates on
    (`retinaedge.runtime.calibration.calibration_folder`: ``DATA/train`` for a dataset root) through the runtime's
    own letterbox (`retinaedge.export.calib.load_calibration_set`), the first ``calib_images``;
@@ -35,6 +36,7 @@ restore ``ckpt_last.pt`` exactly as training's resume does. All files load with 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -151,6 +153,40 @@ def _mto() -> Any:
     return require("modelopt.torch.opt", purpose="quantisation-aware training")
 
 
+def fold_batchnorm(model: Any) -> int:
+    """Fold every BatchNorm that directly follows a Conv2d into that conv (in place); returns the count.
+
+    ``torch.onnx`` folds Conv+BatchNorm of an eval-mode model, so ModelOpt's ONNX PTQ quantises the *folded*
+    weights. Quantising the torch conv before its BatchNorm instead would leave a BatchNormalization node after
+    each quantised Conv in the exported graph (20 in a ResNet-18) and quantise other weights than PTQ does. So QAT
+    folds first (the BatchNorm becomes ``nn.Identity``, the conv gets the bias) and fine-tunes the folded weights;
+    the statistics are frozen, as QAT recipes do. Pairs are a Conv2d and the BatchNorm2d/FrozenBatchNorm2d named
+    right after it inside one module (torchvision's ResNet blocks, ``downsample``, conv+BN ``Sequential`` s) whose
+    features match; `quantize_model` checks that the folded model computes what the original did.
+    """
+    import torch
+
+    def is_bn(m: Any) -> bool:
+        return isinstance(m, torch.nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d"
+
+    count = 0
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bname, bn) in itertools.pairwise(children):
+            if not (isinstance(conv, torch.nn.Conv2d) and is_bn(bn) and bn.weight.shape[0] == conv.out_channels):
+                continue
+            with torch.no_grad():
+                eps = float(getattr(bn, "eps", 1e-5))
+                scale = bn.weight / torch.sqrt(bn.running_var + eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                folded = (bias - bn.running_mean) * scale + bn.bias
+                conv.bias = torch.nn.Parameter(folded.detach().clone(), requires_grad=conv.weight.requires_grad)
+            setattr(parent, bname, torch.nn.Identity())
+            count += 1
+    return count
+
+
 def quantize_model(model: Any, calib: np.ndarray, *, batch: int = 8) -> Any:
     """Insert INT8 quantisers into ``model`` (in place) and calibrate them on ``calib``.
 
@@ -176,6 +212,17 @@ def quantize_model(model: Any, calib: np.ndarray, *, batch: int = 8) -> Any:
 
     was_training = model.training
     model.eval()
+    probe = torch.from_numpy(np.ascontiguousarray(calib[:2])).to(device)
+    with torch.no_grad():
+        before = model(probe)
+        fold_batchnorm(model)
+        after = model(probe)
+    for key in ("cls_logits", "box_deltas"):
+        tol = 1e-3 * (1.0 + float(before[key].abs().max()))
+        err = float((before[key] - after[key]).abs().max())
+        if err > tol:
+            raise ModelError(f"folding BatchNorm into the convs changed {key} by {err:.3g} (> {tol:.3g}); the model's "
+                             "BatchNorms do not follow their convs as torchvision's ResNet blocks do")
     _quiet_call(lambda: mtq.quantize(model, quant_config(), forward_loop))
     model.train(was_training)
     return model
@@ -211,6 +258,7 @@ def restore_quantized(spec: DetectorSpec, model_config: Any, state: Mapping[str,
     if getattr(model_config, "backbone_weights", None):
         model_config = dataclasses.replace(model_config, backbone_weights=None)
     model = build_model(spec, model_config)
+    fold_batchnorm(model)  # the architecture `quantize_model` quantised (the values come from ``weights``)
     model = _quiet_call(lambda: _mto().restore_from_modelopt_state(model, dict(state)))
     if weights is not None:
         check_state_dict(model, weights, source="the QAT weights")

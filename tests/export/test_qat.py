@@ -115,6 +115,13 @@ def test_qat_qdq_matches_modelopt_onnx_ptq_structurally(qat_run: Any, qat_data: 
     assert set(output_tail_nodes(qat_pre)) == set(output_tail_nodes(pre))
     for q in (qat_pre, ptq):
         assert not set(output_tail_nodes(q)) & set(mixed.quantized_nodes(q))
+    # BatchNorm folded before quantising, as torch.onnx folds it before PTQ: the same compute nodes as FP32
+    import collections
+
+    def ops(m: onnx.ModelProto) -> collections.Counter[str]:
+        return collections.Counter(n.op_type for n in m.graph.node if n.op_type not in qat.QDQ_OPS)
+
+    assert ops(qat_pre) == ops(pre), (ops(qat_pre), ops(pre))
     # every Conv ModelOpt ONNX quantises is quantised by QAT too (node names as torch.onnx wrote them)
     convs = {n.name for n in pre.graph.node if n.op_type == "Conv"}
     assert {n for n in mixed.quantized_nodes(ptq) if n in convs} <= set(mixed.quantized_nodes(qat_pre))
