@@ -21,7 +21,8 @@ recovered = (AP_QAT - AP_PTQ) / (AP_FP32 - AP_PTQ).
 Usage::
 
     python benchmarks/bench_qat.py --checkpoint RUN/ckpt_best.pt --data DATA --out benchmarks/out/qat \\
-        [--minutes 6] [--lr-scale 0.01] [--outlier 1e4] [--calib-images 64] [--heldout-images 64] [--control]
+        [--minutes 6] [--lr-scale 0.01] [--outlier 1e4] [--calib-images 64] [--heldout-images 64] [--control] \\
+        [--stop-if-ptq-passes]
 
 Writes ``<out>/qat_run`` (the trainer's run), ``<out>/qat_export/model.int8.onnx``, ``<out>/qat_bench.json``; the two
 run dirs are replaced when they exist. Prints the table.
@@ -50,6 +51,8 @@ def main() -> int:
     ap.add_argument("--heldout-images", type=int, default=64)
     ap.add_argument("--gate", type=float, default=0.995)
     ap.add_argument("--control", action="store_true", help="also fine-tune FP32 with the same recipe (control)")
+    ap.add_argument("--stop-if-ptq-passes", action="store_true",
+                    help="stop after PTQ when it already passes --gate (not a failing case)")
     args = ap.parse_args()
 
     import numpy as np
@@ -110,6 +113,9 @@ def main() -> int:
     ap_fp32, ap_ptq, ptq_aps = ptq_best(model, "fp32")
     rows += [("FP32", "fp32", ap_fp32)] + [(f"ModelOpt ONNX PTQ, {m}", "int8", a) for m, a in ptq_aps.items()]
     print(f"FP32 {ap_fp32:.4f}; PTQ entropy {ptq_aps['entropy']:.4f}, max {ptq_aps['max']:.4f}")
+    if args.stop_if_ptq_passes and ap_ptq >= args.gate * ap_fp32:
+        print(f"PTQ retains {100 * ap_ptq / ap_fp32:.2f}% >= the {100 * args.gate:.1f}% gate: not a failing case; stop")
+        return 0
 
     qmodel = copy.deepcopy(model)
     quantize_model(qmodel, calib.batch)
