@@ -17,13 +17,14 @@ Steps (`run_qat`):
 
 The Q/DQ matches what ModelOpt's ONNX PTQ (`retinaedge.export.int8.quantize_int8_tensorrt`) writes, checked by
 `check_qdq` on every export: symmetric INT8 (int8 zero points, all 0), per-channel weights on axis 0 (FP32
-weight -> QuantizeLinear -> DequantizeLinear, as ModelOpt ONNX writes them), per-tensor activations on every
-Conv (and the stem's MaxPool) input, constant positive scales, and the same excluded tail: nothing between the
-heads' last convs and ``cls_logits``/``box_deltas`` is quantised (torch quantises module *inputs* only; the
-outputs' quantisers are off), so the logits reach the plugin unquantised. What differs (`qdq_summary` records it
-in ``export.json``): ModelOpt ONNX also puts Q/DQ on the shortcut input of residual Adds, the FPN's Resize and Add
-inputs, and leaves convs with <= 8 channels in FP32; the torch side quantises modules, not functional adds, so
-QAT's file has Q/DQ on every Conv input and none on those Adds/Resizes. TensorRT builds both strongly typed.
+weight -> QuantizeLinear -> DequantizeLinear, as ModelOpt ONNX writes them) of the BatchNorm-folded convs, per-tensor
+activations on every Conv input, the stem's MaxPool input and the residual Adds' shortcut input
+(`register_residual_blocks`), constant positive scales, and the same excluded tail: nothing between the heads' last
+convs and ``cls_logits``/``box_deltas`` is quantised (torch quantises module *inputs* only; the outputs' quantisers
+are off), so the logits reach the plugin unquantised; the compute nodes are the FP32 graph's. What differs
+(`qdq_summary` records it in ``export.json``): ModelOpt ONNX also quantises the FPN's top-down Resize and Add inputs
+(functional calls in ``FPN.forward``; FP32 here) and leaves convs with <= 8 channels in FP32 (quantised here).
+TensorRT builds both strongly typed.
 
 Run directory (``--out``): the trainer's artifacts (``ckpt_last.pt``, ``ckpt_best.pt``, ``train_log.jsonl``,
 ``metrics.json``, ...; their state_dicts hold the quantisers' ``_amax`` buffers too) plus ``qat_state.pt``: the
@@ -71,7 +72,50 @@ def quant_config() -> dict[str, Any]:
 
     mtq = _mtq()
     cfg: dict[str, Any] = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    # the residual Add's shortcut input, where ModelOpt ONNX PTQ puts a Q/DQ too (`register_residual_blocks`)
+    cfg["quant_cfg"].append({"quantizer_name": "*residual_quantizer", "cfg": {"num_bits": 8, "axis": None}})
     return cfg
+
+
+_REGISTERED: list[bool] = []
+
+
+def register_residual_blocks() -> None:
+    """Register quantised twins of torchvision's ``BasicBlock``/``Bottleneck`` with ModelOpt (once per process).
+
+    ModelOpt ONNX PTQ quantises the shortcut input (input 1) of each residual Add, so TensorRT can fuse the Add
+    into the INT8 conv before it; the torch side quantises modules, and the Add is inside the block's forward. The
+    twin's forward is torchvision's with a ``residual_quantizer`` on the shortcut. (The FPN's top-down Add and
+    Resize, which PTQ also quantises, are functional calls in ``FPN.forward`` and stay FP32 here.)
+    """
+    if _REGISTERED:
+        return
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    class QuantBasicBlock(BasicBlock):  # type: ignore[misc]
+        def _setup(self) -> None:
+            self.residual_quantizer = TensorQuantizer()
+
+        def forward(self, x: Any) -> Any:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + self.residual_quantizer(identity))
+
+    class QuantBottleneck(Bottleneck):  # type: ignore[misc]
+        def _setup(self) -> None:
+            self.residual_quantizer = TensorQuantizer()
+
+        def forward(self, x: Any) -> Any:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+            out = self.bn3(self.conv3(out))
+            return self.relu(out + self.residual_quantizer(identity))
+
+    mtq = _mtq()
+    mtq.register(original_cls=BasicBlock, quantized_cls=QuantBasicBlock)
+    mtq.register(original_cls=Bottleneck, quantized_cls=QuantBottleneck)
+    _REGISTERED.append(True)
 
 
 @dataclass(frozen=True)
@@ -223,6 +267,7 @@ def quantize_model(model: Any, calib: np.ndarray, *, batch: int = 8) -> Any:
         if err > tol:
             raise ModelError(f"folding BatchNorm into the convs changed {key} by {err:.3g} (> {tol:.3g}); the model's "
                              "BatchNorms do not follow their convs as torchvision's ResNet blocks do")
+    register_residual_blocks()
     _quiet_call(lambda: mtq.quantize(model, quant_config(), forward_loop))
     model.train(was_training)
     return model
@@ -259,6 +304,7 @@ def restore_quantized(spec: DetectorSpec, model_config: Any, state: Mapping[str,
         model_config = dataclasses.replace(model_config, backbone_weights=None)
     model = build_model(spec, model_config)
     fold_batchnorm(model)  # the architecture `quantize_model` quantised (the values come from ``weights``)
+    register_residual_blocks()
     model = _quiet_call(lambda: _mto().restore_from_modelopt_state(model, dict(state)))
     if weights is not None:
         check_state_dict(model, weights, source="the QAT weights")

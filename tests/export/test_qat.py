@@ -125,6 +125,12 @@ def test_qat_qdq_matches_modelopt_onnx_ptq_structurally(qat_run: Any, qat_data: 
     # every Conv ModelOpt ONNX quantises is quantised by QAT too (node names as torch.onnx wrote them)
     convs = {n.name for n in pre.graph.node if n.op_type == "Conv"}
     assert {n for n in mixed.quantized_nodes(ptq) if n in convs} <= set(mixed.quantized_nodes(qat_pre))
+    # and the residual Adds' shortcut input (input 1), as ModelOpt ONNX puts it for TensorRT's conv+add fusion
+    dq_out = {o for n in qat_pre.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    residual = [n for n in qat_pre.graph.node if n.op_type == "Add" and "/backbone/" in n.name]
+    assert len(residual) == 8 and all(n.input[1] in dq_out and n.input[0] not in dq_out for n in residual)
+    ptq_adds = {n for n in mixed.quantized_nodes(ptq) if "/backbone/" in n and n.endswith("Add")}
+    assert ptq_adds <= {n.name for n in residual}
     # the exported Q/DQ computes what the fake-quantised torch model computes
     with torch.no_grad():
         ref = model(torch.from_numpy(calib.batch))["cls_logits"].numpy()
