@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Shared test helpers live in tests/support/ and are imported as ``tests.support.<module>``. The export tests still
-# import theirs (tests/export/export_helpers.py) by bare name, so that folder stays on sys.path until it moves.
-sys.path.insert(0, str(Path(__file__).parent / "export"))
+# Shared test helpers live in tests/support/ and are imported as ``tests.support.<module>``; no sys.path edits.
 
 
 @functools.cache

@@ -16,14 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx_graphsurgeon")
 
-from export_helpers import TinyData, TinyRetina, smooth_image, torch_heads  # noqa: E402
-
 from retinaedge.runtime.spec import DetectorSpec  # noqa: E402
+from tests.support.export_helpers import TinyData, TinyRetina, smooth_image, torch_heads  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_spec() -> DetectorSpec:
-    from export_helpers import make_spec
+    from tests.support.export_helpers import make_spec
 
     return make_spec()
 

@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_helpers import TinyData, torch_heads
 
 from retinaedge.export import mixed
 from retinaedge.runtime.errors import InputError
 from retinaedge.runtime.spec import DetectorSpec
+from tests.support.export_helpers import TinyData, torch_heads
 
 BROKEN_UNIT = "p3.p3.5"
 
@@ -62,9 +62,8 @@ def mixed_export(tmp_path_factory: pytest.TempPathFactory, broken_model: Any, ti
 
 
 def test_broken_model_is_float_identical(broken_model: Any, tiny_model: Any, tiny_spec: DetectorSpec) -> None:
-    from export_helpers import smooth_image
-
     from retinaedge.runtime.preprocess import preprocess_batch
+    from tests.support.export_helpers import smooth_image
 
     batch, _ = preprocess_batch([smooth_image(np.random.default_rng(3), 64, 64)], tiny_spec)
     a, b = torch_heads(tiny_model, batch), torch_heads(broken_model, batch)

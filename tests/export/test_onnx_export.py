@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_helpers import TinyRetina, make_spec, torch_heads
 
 from retinaedge.export.onnx_export import export_onnx, random_images, set_metadata, tensor_shape
 from retinaedge.runtime.errors import InputError, ModelError
 from retinaedge.runtime.onnxinfo import metadata_of as read_metadata
 from retinaedge.runtime.spec import DetectorSpec
+from tests.support.export_helpers import TinyRetina, make_spec, torch_heads
 
 polygraphy = pytest.importorskip("polygraphy")
 

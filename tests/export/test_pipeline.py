@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from export_helpers import TinyData, smooth_image, torch_heads
 
 from retinaedge.export.calib import load_calibration_set
 from retinaedge.export.config import ExportConfig
@@ -20,6 +19,7 @@ from retinaedge.runtime.errors import InputError, ModelError
 from retinaedge.runtime.onnxinfo import metadata_of as read_metadata
 from retinaedge.runtime.preprocess import Letterbox, load_image, preprocess_batch
 from retinaedge.runtime.spec import AnchorSpec, DetectorSpec
+from tests.support.export_helpers import TinyData, smooth_image, torch_heads
 
 
 def _cut_at_plugin(path: Any) -> onnx.ModelProto:

@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from export_helpers import TinyData, make_spec, torch_heads
 
 from retinaedge.export import surgery
 from retinaedge.export.onnx_export import export_onnx, random_images
@@ -20,6 +19,7 @@ from retinaedge.runtime.detections import Detections
 from retinaedge.runtime.errors import InputError, ModelError
 from retinaedge.runtime.preprocess import load_image, preprocess_batch
 from retinaedge.runtime.spec import DetectorSpec
+from tests.support.export_helpers import TinyData, make_spec, torch_heads
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the export tests (imported by name: tests/ has no packages)."""
+"""Helpers shared by the export tests: a tiny torch RetinaNet, a tiny dataset, reference heads in torch."""
 
 from __future__ import annotations
 
