@@ -11,7 +11,7 @@ Two cases, each one ``export_model`` run (the same code as ``retinaedge export -
 Usage::
 
     python benchmarks/bench_int8_mixed.py --checkpoint RUN/ckpt_best.pt --data DATA --out benchmarks/out/mixed \
-        [--heldout-images 64] [--calib-images 64] [--gate 0.995] [--inject-outlier] [--max-units 6]
+        [--heldout-images 64] [--calib-images 64] [--gate 0.995] [--inject-outlier [--outlier 1e4]] [--max-units 6]
 
 Writes ``<out>/<case>/`` (the export, ``sensitivity.json``, ``sensitivity.png``) and prints the table.
 """
@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--gate", type=float, default=0.995)
     ap.add_argument("--max-units", type=int, default=None)
     ap.add_argument("--inject-outlier", action="store_true")
+    ap.add_argument("--outlier", type=float, default=1e4, help="the injected channel's value (with --inject-outlier)")
     args = ap.parse_args()
 
     import numpy as np
@@ -72,7 +73,7 @@ def main() -> int:
                                                                dtype=np.uint8)).float()
         with torch.no_grad():
             before = model(x)["cls_logits"]
-            inject_outlier(model)
+            inject_outlier(model, args.outlier)
             after = model(x)["cls_logits"]
         print(f"outlier injected: FP32 cls_logits max |diff| {float((before - after).abs().max()):.2e}")
     out = Path(args.out) / case
