@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 
-def inject_outlier(model: Any, value: float = 1e4) -> Any:
-    """Insert expand (C -> 2C, one constant ``value`` channel) + contract (2C -> C) 1x1 convs before FPN lateral 3."""
+def inject_outlier(model: Any, value: float = 1e4, *, trainable: bool = True) -> Any:
+    """Insert expand (C -> 2C, one constant ``value`` channel) + contract (2C -> C) 1x1 convs before FPN lateral 3.
+
+    ``trainable=False`` freezes the two inserted convs (``requires_grad``), for fine-tuning the rest around them.
+    """
     import torch
 
     lateral = model.fpn.lateral["3"]
@@ -40,6 +43,8 @@ def inject_outlier(model: Any, value: float = 1e4) -> Any:
         contract.weight.zero_()
         contract.weight[:, :c, 0, 0] = torch.eye(c)
         contract.bias.zero_()
+    for p in (*expand.parameters(), *contract.parameters()):
+        p.requires_grad_(trainable)
     model.fpn.lateral["3"] = torch.nn.Sequential(expand, contract, lateral)
     return model
 
